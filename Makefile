@@ -1,0 +1,26 @@
+# The two commands the README shows.  Both create .venv when it is missing.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch==2.13.0 first, spelled exactly: pip takes that CPU build from local
+# disk here; any other spelling resolves a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[torch,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/cmz demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 tests
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

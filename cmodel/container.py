@@ -199,8 +199,11 @@ class CmzFile:
 
     def close(self) -> None:
         if self._mm is not None:
-            self._mm.close()
-            self._mm = None
+            mm, self._mm = self._mm, None
+            try:
+                mm.close()
+            except BufferError:
+                pass  # arrays still view the map; it is unmapped when they go
 
     def __enter__(self):
         return self
@@ -218,6 +221,29 @@ class CmzFile:
 # --- writer -----------------------------------------------------------------
 
 
+def _utf8(what: str, s) -> bytes:
+    if type(s) is not str:
+        raise CmzError("input", f"{what}: expected str; found {type(s).__name__} {s!r}")
+    try:
+        return s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CmzError("input", f"{what}: expected a string encodable as UTF-8; found {s!r}") from None
+
+
+def _check_input_name(name) -> None:
+    n = len(_utf8("tensor name", name))
+    if not 0 < n <= C.MAX_NAME_BYTES or "\x00" in name:
+        raise CmzError("input", f"tensor name {name[:80]!r}: expected 1..{C.MAX_NAME_BYTES} UTF-8 bytes without NUL; found {n} bytes")
+
+
+def _check_input_map(what: str, m) -> None:
+    if len(m) > C.MAX_METADATA_ENTRIES:
+        raise CmzError("input", f"{what}: expected at most {C.MAX_METADATA_ENTRIES} entries (MAX_METADATA_ENTRIES); found {len(m)}")
+    for k, v in m.items():
+        _utf8(f"{what} key", k)
+        _utf8(f"{what}[{k!r}]", v)
+
+
 class WriterStateError(RuntimeError):
     """A :class:`ContainerWriter` method was called out of order."""
 
@@ -232,9 +258,9 @@ class ContainerWriter:
     ``abort`` (or leaving a ``with`` block by an exception) removes it.
     """
 
-    _ORDER = ("collect", "preamble", "header", "segments", "committed")
-
     def __init__(self, path, metadata: dict[str, str] | None = None, producer: dict[str, str] | None = None):
+        for what, m in (("metadata", metadata or {}), ("producer", producer or {})):
+            _check_input_map(what, m)
         self.path = os.fspath(path)
         self.state = "collect"
         self._metadata = dict(metadata or {})
@@ -262,6 +288,7 @@ class ContainerWriter:
         """
         if self.state != "collect":
             raise WriterStateError(f"cannot 'add_tensor' in state {self.state!r}; expected state 'collect'")
+        _check_input_name(name)
         if name in self._names:
             raise CmzError("input", f"tensor {name!r}: expected unique names; found it twice")
         self._names.add(name)

@@ -65,9 +65,11 @@ class Raw(Encoding):
     def check_data(self, rec, seg):
         if rec.dtype == "bool":
             a = np.frombuffer(seg(rec, "data"), dtype=np.uint8)
-            if a.size and int(a.max()) > 1:
-                i = int(np.argmax(a > 1))
-                raise CmzError("data", f"tensor {rec.name!r}: expected bool bytes 0 or 1; found {int(a[i])} at element {i}")
+            bad = [(int(i), int(a[i])) for i in np.flatnonzero(a > 1)[:1]]
+            del a  # a view into the map: must not outlive this frame in a traceback
+            if bad:
+                i, v = bad[0]
+                raise CmzError("data", f"tensor {rec.name!r}: expected bool bytes 0 or 1; found {v} at element {i}")
 
     def decode(self, rec, seg):
         a = np.frombuffer(seg(rec, "data"), dtype=storage_dtype(rec.dtype))

@@ -81,13 +81,33 @@ class _DuplicateKey(Exception):
     pass
 
 
+class _NonStrKey(Exception):
+    pass
+
+
 def _pairs(pairs):
     d = {}
     for k, v in pairs:
+        if type(k) is not str:
+            raise _NonStrKey(k)
         if k in d:
             raise _DuplicateKey(k)
         d[k] = v
     return d
+
+
+def _reject_timestamps(obj) -> None:
+    """msgpack decodes extension type -1 to ``Timestamp`` without calling
+    ``ext_hook``; spec §3.1 rejects every extension type."""
+    stack = [obj]
+    while stack:
+        v = stack.pop()
+        if type(v) is dict:
+            stack.extend(v.values())
+        elif type(v) is list:
+            stack.extend(v)
+        elif isinstance(v, msgpack.Timestamp):
+            raise CmzError("msgpack", "header: msgpack extension type -1 (timestamp) is not allowed; expected only maps, arrays, str, int")
 
 
 def _no_ext(code, data):
@@ -98,7 +118,7 @@ def unpack_header(raw: bytes) -> object:
     """Parse the header bytes; msgpack errors become ``CmzError('msgpack')``."""
     n = len(raw)
     try:
-        return msgpack.unpackb(
+        obj = msgpack.unpackb(
             raw,
             raw=False,
             strict_map_key=True,
@@ -112,12 +132,16 @@ def unpack_header(raw: bytes) -> object:
         )
     except CmzError:
         raise
+    except _NonStrKey as e:
+        raise CmzError("msgpack", f"header: every map key must be a str; found {_type_name(e.args[0])} {e.args[0]!r}") from None
     except _DuplicateKey as e:
         raise CmzError("msgpack", f"header: every map key must be unique; found key {e.args[0]!r} twice") from None
     except msgpack.ExtraData:
         raise CmzError("msgpack", "header: expected exactly one msgpack map filling the header; found extra bytes after it") from None
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise CmzError("msgpack", f"header: expected valid msgpack; found {type(e).__name__}: {e}") from None
+    _reject_timestamps(obj)
+    return obj
 
 
 def _type_name(v) -> str:
@@ -127,11 +151,15 @@ def _type_name(v) -> str:
 
 
 def _check_keys(check, what, d, required, optional):
+    """``optional=None`` checks only the required keys (unknown keys are
+    judged later, once the encoding is known)."""
     if type(d) is not dict:
         raise CmzError(check, f"{what}: expected a map; found {_type_name(d)}")
     missing = [k for k in required if k not in d]
     if missing:
         raise CmzError(check, f"{what}: missing required key {missing[0]!r}; expected keys {sorted(required)}")
+    if optional is None:
+        return
     allowed = set(required) | set(optional)
     unknown = sorted(k for k in d if k not in allowed)
     if unknown:
@@ -171,7 +199,7 @@ def validate_header(obj: object) -> Header:
 
     # Stage: common keys of every record.
     for i, t in enumerate(tensors):
-        _check_keys("tensor_keys", f"tensor record #{i}", t, C.TENSOR_COMMON_KEYS, ())  # encoding keys checked below
+        _check_keys("tensor_keys", f"tensor record #{i}", t, C.TENSOR_COMMON_KEYS, None)
     # Stage: names.
     seen = {}
     for i, t in enumerate(tensors):

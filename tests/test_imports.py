@@ -1,0 +1,19 @@
+"""The core imports work on a machine without torch (DESIGN §1)."""
+
+import subprocess
+import sys
+
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['safetensors'] = None\n"
+
+
+def test_import_without_torch():
+    code = BLOCK_TORCH + (
+        "import cmodel, cmodel.runtime, cmodel.kernels, cmodel.cli\n"
+        "import numpy as np, tempfile, os\n"
+        "p = os.path.join(tempfile.mkdtemp(), 'a.cmz')\n"
+        "cmodel.save_file({'w': np.ones((2, 3), np.float32)}, p)\n"
+        "assert cmodel.load_file(p)['w'].sum() == 6\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -180,6 +180,22 @@ class CmzFile:
         enc.check_data(rec, self.segment)
         return enc.decode(rec, self.segment)
 
+    def read_compressed(self, name: str):
+        """The packed form of a ``codebook`` or ``sparse`` tensor, as kernels
+        use it (:class:`cmodel.encodings.Compressed`): float32 codebook and
+        scales, pointers, and the entry stream, Huffman streams decoded once
+        into packed entries.  Every data check runs first.
+
+        Raises:
+            KeyError: no tensor of that name.
+            CmzError: the tensor is ``raw``, or its data is bad.
+        """
+        self._require_open()
+        rec = self.record(name)
+        if rec.encoding == "raw":
+            raise CmzError("encoding", f"tensor {name!r}: expected a codebook or sparse tensor; found encoding 'raw' (use read())")
+        return REGISTRY[rec.encoding].load(rec, self.segment)
+
     def verify(self) -> None:
         """Run every remaining check: all segment CRCs, then all data checks.
 
@@ -322,6 +338,11 @@ class ContainerWriter:
         os.umask(umask)
         os.fchmod(self._fd, 0o666 & ~umask)
         self._write(pack_preamble(self._header))
+
+    @property
+    def header_length(self) -> int:
+        """Bytes of the header (known once the preamble is written)."""
+        return len(self._header)
 
     def write_header(self) -> None:
         self._step("preamble", "header")

@@ -180,6 +180,31 @@ def _is_uint(v, bound) -> bool:
     return type(v) is int and 0 <= v < bound
 
 
+def segment_roles(encoding: str, coding: str | None, scale: str | None) -> tuple[str, ...]:
+    """The segment roles of a record, in layout order (spec §6)."""
+    roles = C.SEGMENT_ROLES[(encoding, coding)]
+    return tuple(r for r in roles if r != "scales" or scale not in (None, "none"))
+
+
+def _check_params(t: dict) -> None:
+    what = f"tensor {t['name']!r} ({t['encoding']})"
+    for key in C.ENCODING_KEYS[t["encoding"]][0] + C.ENCODING_KEYS[t["encoding"]][1]:
+        if key not in t:
+            continue
+        v, rule = t[key], C.PARAMS[key]
+        if rule[0] == "int":
+            if type(v) is not int or not rule[1] <= v <= rule[2]:
+                raise CmzError("params", f"{what}: expected {key} an int in {rule[1]}..{rule[2]}; found {_type_name(v)} {v!r}")
+        elif type(v) is not str or v not in rule[1]:
+            raise CmzError("params", f"{what}: expected {key} one of {list(rule[1])}; found {_type_name(v)} {v!r}")
+    if t["encoding"] == "raw":
+        return
+    if t["dtype"] not in C.FLOAT_DTYPES:
+        raise CmzError("params", f"{what}: expected a float dtype {list(C.FLOAT_DTYPES)} for a compressed tensor; found {t['dtype']!r}")
+    if ("chunk_symbols" in t) != (t["coding"] == "huffman"):
+        raise CmzError("params", f"{what}: expected chunk_symbols exactly when coding is 'huffman'; found coding {t['coding']!r} {'with' if 'chunk_symbols' in t else 'without'} it")
+
+
 def validate_header(obj: object) -> Header:
     """Validate the parsed header map against spec §3 and return records.
 
@@ -225,8 +250,11 @@ def validate_header(obj: object) -> Header:
         if type(enc) is not str or enc not in C.ENCODINGS:
             raise CmzError("encoding", f"tensor {t['name']!r}: expected encoding one of {list(C.ENCODINGS)}; found {enc!r}")
     for t in tensors:
-        req, opt, _, _ = C.ENCODING_KEYS[t["encoding"]]
+        req, opt = C.ENCODING_KEYS[t["encoding"]]
         _check_keys("tensor_keys", f"tensor {t['name']!r} ({t['encoding']})", t, C.TENSOR_COMMON_KEYS + req, opt)
+    # Stage: encoding keys' types and values.
+    for t in tensors:
+        _check_params(t)
     # Stage: shape.
     for t in tensors:
         shape = t["shape"]
@@ -249,13 +277,11 @@ def validate_header(obj: object) -> Header:
     # Stage: segment records (types and roles).
     records = []
     for t in tensors:
-        _, _, roles, opt_roles = C.ENCODING_KEYS[t["encoding"]]
+        roles = segment_roles(t["encoding"], t.get("coding"), t.get("scale"))
         what = f"tensor {t['name']!r}"
-        _check_keys("segment", f"{what} segments", t["segments"], roles, opt_roles)
+        _check_keys("segment", f"{what} segments", t["segments"], roles, ())
         segs = {}
-        for role in roles + opt_roles:
-            if role not in t["segments"]:
-                continue
+        for role in roles:
             s = t["segments"][role]
             if type(s) is not list or len(s) != 3 or not all(type(v) is int for v in s):
                 raise CmzError("segment", f"{what} segment {role!r}: expected [offset, length, crc32] as three ints; found {s!r}")

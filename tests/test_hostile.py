@@ -438,9 +438,10 @@ def test_unknown_dtype(tmp_path, capsys):
     rejects(tmp_path, capsys, cmz(header([record(dtype="complex64")]), data((0, W))), "dtype", "found 'complex64'")
 
 
-@pytest.mark.parametrize("encoding", ["zstd", "codebook"])
+@pytest.mark.parametrize("encoding", ["zstd", "Codebook", "huffman"])
 def test_unknown_encoding(tmp_path, capsys, encoding):
-    # Attack: an encoding not defined in 1.0 (codebook is reserved).
+    # Attack: an encoding not defined in 1.0, a defined one in the wrong case
+    # (names are case-sensitive), a coding's name where an encoding belongs.
     blob = cmz(header([record(encoding=encoding)]), data((0, W)))
     rejects(tmp_path, capsys, blob, "encoding", f"found {encoding!r}")
 

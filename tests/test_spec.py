@@ -42,6 +42,7 @@ def test_preamble_struct_matches_format_and_magic():
 def test_limits_table():
     rows = {r[0]: int(r[1]) for r in table("limits")}
     assert rows.pop("ALIGNMENT") == C.ALIGNMENT
+    assert rows.pop("MAX_CODE_LENGTH") == C.MAX_CODE_LENGTH
     assert rows == C.LIMITS
 
 
@@ -50,14 +51,34 @@ def test_dtype_table():
     assert rows == C.DTYPES
 
 
+def _names(cell: str) -> list[str]:
+    return [k.strip(" `") for k in cell.split(",")]
+
+
 def test_encoding_table():
     rows = table("encodings")
     assert tuple(r[0] for r in rows) == C.ENCODINGS
     for name, keys, roles, _ in rows:
-        req, opt, seg_req, seg_opt = C.ENCODING_KEYS[name]
-        listed = [] if keys == "—" else [k.strip(" `") for k in keys.split(",")]
-        assert sorted(listed) == sorted(req + opt)
-        assert [r.strip(" `") for r in roles.split(",")] == list(seg_req + seg_opt)
+        req, opt = C.ENCODING_KEYS[name]
+        assert sorted([] if keys == "—" else _names(keys)) == sorted(req + opt)
+        if ":" not in roles:
+            assert _names(roles) == list(C.SEGMENT_ROLES[(name, None)])
+            continue
+        for part in roles.split(";"):
+            coding, listed = part.split(":")
+            assert _names(listed) == list(C.SEGMENT_ROLES[(name, coding.strip())])
+
+
+def test_params_table():
+    rows = {r[0]: r for r in table("params")}
+    assert set(rows) == set(C.PARAMS)
+    for key, rule in C.PARAMS.items():
+        _, typ, allowed, _ = rows[key]
+        assert typ == rule[0]
+        if rule[0] == "int":
+            assert allowed == f"{rule[1]}..{rule[2]}" or allowed == f"{rule[1]}..2^{rule[2].bit_length() - 1}"
+        else:
+            assert _names(allowed) == list(rule[1])
 
 
 def test_header_key_tables():

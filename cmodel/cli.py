@@ -42,20 +42,26 @@ def layout(f: CmzFile) -> dict:
 
 
 def info_dict(f: CmzFile) -> dict:
+    """Everything ``cmz info`` shows.  Compressed tensors are loaded (all
+    their checks run) to count kept weights and fillers."""
     tensors = []
     for name in f.tensor_names():
         r = f.record(name)
-        tensors.append(
-            {
-                "name": r.name,
-                "dtype": r.dtype,
-                "shape": list(r.shape),
-                "encoding": r.encoding,
-                "params": r.params,
-                "segments": {role: {"offset": s.offset, "length": s.length, "crc32": s.crc32} for role, s in r.segments.items()},
-                "bytes": sum(s.length for s in r.segments.values()),
-            }
-        )
+        t = {
+            "name": r.name,
+            "dtype": r.dtype,
+            "shape": list(r.shape),
+            "encoding": r.encoding,
+            "params": r.params,
+            "segments": {role: {"offset": s.offset, "length": s.length, "crc32": s.crc32} for role, s in r.segments.items()},
+            "bytes": sum(s.length for s in r.segments.values()),
+        }
+        if r.encoding != "raw":
+            c = f.read_compressed(name)
+            fillers = c.fillers()
+            kept = c.n_entries - fillers
+            t.update(kept=kept, sparsity=1 - kept / r.numel if r.numel else 0.0, fillers=fillers, entries=c.n_entries)
+        tensors.append(t)
     return {
         "path": f.path,
         "format_version": f"{f.version[0]}.{f.version[1]}",
@@ -76,14 +82,24 @@ def format_info(d: dict) -> str:
     if d["metadata"]:
         out.append("metadata:")
         out += [f"  {k} = {v}" for k, v in d["metadata"].items()]
-    rows = [("name", "dtype", "shape", "encoding", "bytes", "segments")]
+    head = ("name", "dtype", "shape", "encoding", "bits", "idx", "sparsity", "fillers", "bytes", "segments")
+    rows = [head]
     for t in d["tensors"]:
+        p = t["params"]
         segs = " ".join(f"{role}={s['length']:,}" for role, s in t["segments"].items())
-        rows.append((t["name"], t["dtype"], "×".join(map(str, t["shape"])) or "scalar", t["encoding"], f"{t['bytes']:,}", segs))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        enc = t["encoding"] + (f"/{p['coding']}" if "coding" in p else "") + (f"/{p['order']}" if "order" in p else "")
+        rows.append((
+            t["name"], t["dtype"], "×".join(map(str, t["shape"])) or "scalar", enc,
+            str(p.get("bits", "-")), str(p.get("index_bits", "-")),
+            f"{100 * t['sparsity']:.1f}%" if "sparsity" in t else "-",
+            f"{t['fillers']:,}" if t["encoding"] == "sparse" else "-",
+            f"{t['bytes']:,}", segs,
+        ))
+    n = len(head) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
     out.append(f"tensors: {len(d['tensors'])}")
     for r in rows:
-        out.append("  " + "  ".join(c.ljust(w) if i != 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r[:5], widths))) + "  " + r[5])
+        out.append("  " + "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(r[:n], widths))) + "  " + r[n])
     out.append("bytes by part:")
     parts = [("preamble", lay["preamble"]), ("header", lay["header"]), ("header padding", lay["header_padding"])]
     parts += [(f"segments: {role}", n) for role, n in lay["segments"].items()]
@@ -110,6 +126,132 @@ def _cmd_verify(a) -> int:
     return EXIT_OK
 
 
+def _parse_value(v: str):
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
+
+
+def parse_rule(text: str) -> tuple[str, dict]:
+    """``'PATTERN:key=value,key=value'`` → ``(pattern, options)``."""
+    pattern, sep, body = text.rpartition(":")
+    if not sep or not pattern or not body:
+        raise CmzError("encoder_options", f"--rule: expected 'PATTERN:key=value,...'; found {text!r}")
+    opts = {}
+    for item in body.split(","):
+        k, eq, v = item.partition("=")
+        if not eq or not k.strip():
+            raise CmzError("encoder_options", f"--rule {text!r}: expected key=value; found {item!r}")
+        opts[k.strip().replace("-", "_")] = _parse_value(v.strip())
+    return pattern, opts
+
+
+def _load_config(path: str) -> tuple[dict, list]:
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            cfg = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise CmzError("encoder_options", f"{path}: expected TOML; found {e}") from None
+    unknown = sorted(set(cfg) - {"options", "rules"})
+    if unknown:
+        raise CmzError("encoder_options", f"{path}: expected tables [options] and [rules]; found {unknown[0]!r}")
+    rules = cfg.get("rules", {})
+    if not isinstance(rules, dict):
+        raise CmzError("encoder_options", f"{path}: expected [rules] to map patterns to option tables; found {type(rules).__name__}")
+    return dict(cfg.get("options", {})), list(rules.items())
+
+
+class _Progress:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def __call__(self, i: int, n: int, name: str) -> None:
+        if not self.enabled or n == 0:
+            return
+        width = 30
+        done = width * i // n
+        sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {i}/{n} {name[:40]:<40}")
+        if i == n:
+            sys.stderr.write("\r" + " " * (width + 50) + "\r")
+        sys.stderr.flush()
+
+
+# Inputs at least this large get a progress bar (on a terminal).
+PROGRESS_MIN_BYTES = 16 * 1024 * 1024
+
+
+def _cmd_compress(a) -> int:
+    import os
+
+    from . import save_file
+    from .inputs import load_tensors
+
+    options, rules = _load_config(a.config) if a.config else ({}, [])
+    for key in ("sparsity", "threshold", "bits", "index_bits", "order", "coding"):
+        v = getattr(a, key)
+        if v is not None:
+            options[key] = v
+    rules += [parse_rule(r) for r in a.rule]
+    tensors = load_tensors(a.input)
+    big = os.path.getsize(a.input) >= PROGRESS_MIN_BYTES
+    report = save_file(tensors, a.output, rules=rules, options=options, progress=_Progress(big and not a.json))
+    print(json.dumps(report.to_dict(), indent=2) if a.json else report.format_table())
+    return EXIT_OK
+
+
+def _cmd_decompress(a) -> int:
+    from . import load_file
+    from .inputs import save_tensors
+
+    tensors = load_file(a.file)
+    save_tensors(tensors, a.output)
+    print(f"{a.file}: wrote {len(tensors)} dense tensors to {a.output}")
+    return EXIT_OK
+
+
+def _cmd_bench_decode(a) -> int:
+    from .bench_decode import bench_huffman_decode, format_rows
+    from .sparse import unpack_bits, unpack_entries
+
+    streams = []
+    with CmzFile(a.file) as f:
+        for name in f.tensor_names():
+            r = f.record(name)
+            if r.params.get("coding") != "huffman":
+                continue
+            c = f.read_compressed(name)
+            if r.encoding == "sparse":
+                deltas, codes = unpack_entries(c.entries, c.n_entries, c.index_bits, c.bits)
+                streams += [(f"{name} codes", codes, c.bits), (f"{name} deltas", deltas, c.index_bits)]
+            else:
+                streams.append((f"{name} codes", unpack_bits(c.entries, c.bits, c.n_entries).astype("uint8"), c.bits))
+    if not streams:
+        raise CmzError("encoding", "expected at least one Huffman-coded tensor to benchmark; found none")
+    streams.sort(key=lambda s: -s[1].size)
+    threads = tuple(int(t) for t in a.threads.split(","))
+    for label, syms, bits in streams[: a.streams]:
+        print(f"== {label}: {syms.size:,} symbols, {bits}-bit alphabet")
+        print(format_rows(bench_huffman_decode(syms, bits, repeats=a.repeats, threads=threads)))
+    return EXIT_OK
+
+
+def _cmd_bench_encode(a) -> int:
+    from .bench_encode import bench_encode, format_result
+
+    print(format_result(bench_encode(a.rows, a.cols, a.sparsity, a.bits, a.coding, a.repeats)))
+    return EXIT_OK
+
+
 def _cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -117,7 +259,7 @@ def _cmd_demo(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="cmz", description="Inspect and verify .cmz compressed-model files.")
+    p = _Parser(prog="cmz", description="Compress models into .cmz files, inspect, verify and benchmark them.")
     p.add_argument("--version", action="version", version=f"cmz {__version__} (format {C.FORMAT_VERSION[0]}.{C.FORMAT_VERSION[1]})")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
     s = sub.add_parser("info", help="list tensors, encodings and where every byte goes")
@@ -127,6 +269,39 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="run every check, including all CRCs; exit 1 if any fails")
     s.add_argument("file")
     s.set_defaults(func=_cmd_verify)
+    s = sub.add_parser("compress", help="compress a state dict (.pt/.pth/.safetensors/.npz) into a .cmz and print the report")
+    s.add_argument("input")
+    s.add_argument("-o", "--output", required=True, help="the .cmz to write")
+    s.add_argument("--sparsity", type=float, help="prune this fraction of each (unprotected) compressed tensor")
+    s.add_argument("--threshold", type=float, help="prune weights with |w| <= this instead")
+    s.add_argument("--bits", type=int, help="codebook bits, 1..8 (default 8)")
+    s.add_argument("--index-bits", dest="index_bits", type=lambda v: v if v == "auto" else int(v), help="relative-index bits, 1..8 or auto (default)")
+    s.add_argument("--order", choices=("row", "col"), help="sparse entry order (default row)")
+    s.add_argument("--coding", choices=("huffman", "packed"), help="entry stream coding (default huffman)")
+    s.add_argument("--rule", action="append", default=[], metavar="PATTERN:key=value,...", help="per-tensor options by glob pattern; repeatable, later ones win")
+    s.add_argument("--config", help="TOML file with [options] and [rules] tables")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(func=_cmd_compress, file=None)
+    s = sub.add_parser("decompress", help="write the decoded dense tensors to .safetensors, .npz or .pt")
+    s.add_argument("file")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=_cmd_decompress)
+    s = sub.add_parser("bench", help="benchmarks")
+    bsub = s.add_subparsers(dest="what", required=True, parser_class=_Parser, metavar="WHAT")
+    b = bsub.add_parser("decode", help="Huffman decode speed of a file's streams against zstd -19")
+    b.add_argument("file")
+    b.add_argument("--repeats", type=int, default=15)
+    b.add_argument("--threads", default="1,2", help="comma-separated thread counts for the chunk-parallel decode")
+    b.add_argument("--streams", type=int, default=3, help="benchmark this many of the largest streams")
+    b.set_defaults(func=_cmd_bench_decode)
+    b = bsub.add_parser("encode", help="time and memory of compressing one fc6-sized matrix, against prune + zstd")
+    b.add_argument("--rows", type=int, default=4096)
+    b.add_argument("--cols", type=int, default=25088)
+    b.add_argument("--sparsity", type=float, default=0.96)
+    b.add_argument("--bits", type=int, default=5)
+    b.add_argument("--coding", choices=("huffman", "packed"), default="huffman")
+    b.add_argument("--repeats", type=int, default=3)
+    b.set_defaults(func=_cmd_bench_encode, file=None)
     s = sub.add_parser("demo", help="the main job on the built-in default model")
     s.add_argument("--out", default="out", help="directory for the files it writes (default: out)")
     s.set_defaults(func=_cmd_demo)
@@ -138,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CmzError as e:
-        where = f"{args.file}: " if getattr(args, "file", None) else ""
+        where = f"{args.file}: " if getattr(args, "file", None) and e.check not in C.INPUT_CHECKS else ""
         print(f"cmz: {where}{e} [check: {e.check}]".replace("\n", " "), file=sys.stderr)
         return EXIT_BAD_FILE
     except OSError as e:

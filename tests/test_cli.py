@@ -66,11 +66,13 @@ def test_info_text(capsys, model):
     assert lines[0] == f"{model}: .cmz format 1.0, {size:,} bytes, written by cmodel {cmodel.__version__}"
     assert "  描述 = ✓" in lines and "  model = x" in lines
     assert "tensors: 4" in lines
-    rows = {line.split()[0]: line.split() for line in lines if line.startswith("  ") and len(line.split()) == 6}
-    assert rows["conv.weight"][1:] == ["float32", "4×3×3×3", "raw", "432", "data=432"]
-    assert rows["steps"][1:] == ["int64", "scalar", "raw", "8", "data=8"]
-    assert rows["ü.empty"][1:] == ["float64", "0×2", "raw", "0", "data=0"]
-    assert rows["mask"][1:] == ["bool", "3", "raw", "3", "data=3"]
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith("  ") and len(line.split()) == 10}
+    assert rows["name"][1:] == ["dtype", "shape", "encoding", "bits", "idx", "sparsity", "fillers", "bytes", "segments"]
+    # raw tensors: no bits, index bits, sparsity or fillers
+    assert rows["conv.weight"][1:] == ["float32", "4×3×3×3", "raw", "-", "-", "-", "-", "432", "data=432"]
+    assert rows["steps"][1:] == ["int64", "scalar", "raw", "-", "-", "-", "-", "8", "data=8"]
+    assert rows["ü.empty"][1:] == ["float64", "0×2", "raw", "-", "-", "-", "-", "0", "data=0"]
+    assert rows["mask"][1:] == ["bool", "3", "raw", "-", "-", "-", "-", "3", "data=3"]
     total = next(line for line in lines if line.strip().startswith("total"))
     assert re.fullmatch(rf"\s+total\s+{size:,}\s+\(file size {size:,}\)", total), total
 
@@ -183,16 +185,21 @@ def test_help_exit_0(capsys):
 
 
 def test_demo(capsys, tmp_path):
+    # The demo writes LeNet-300-100 twice: with the near-lossless defaults
+    # (dense codebooks) and with Deep Compression settings (sparse).
     out_dir = tmp_path / "out"
     rc, out, err = run(capsys, "demo", "--out", str(out_dir))
     assert (rc, err) == (0, "")
-    path = out_dir / "lenet300.cmz"
-    assert f"wrote {path}" in out
-    with cmodel.open(path) as f:
-        f.verify()
-        assert f.tensor_names() == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]
-        assert f.record("fc1.weight").shape == (300, 784)
-    assert run(capsys, "verify", str(path))[0] == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["lenet300_dc.cmz", "lenet300_default.cmz"]
+    for fname, weight_encoding in (("lenet300_default.cmz", "codebook"), ("lenet300_dc.cmz", "sparse")):
+        path = out_dir / fname
+        assert str(path) in out
+        with cmodel.open(path) as f:
+            f.verify()
+            assert f.tensor_names() == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]
+            assert f.record("fc1.weight").shape == (300, 784)
+            assert [f.record(n).encoding for n in f.tensor_names()] == [weight_encoding, "raw", weight_encoding, "raw", "raw", "raw"]
+        assert run(capsys, "verify", str(path))[0] == 0
 
 
 def test_demo_unwritable_out_exit_1(capsys, tmp_path):

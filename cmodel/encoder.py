@@ -223,8 +223,10 @@ def choose_index_bits(gaps: np.ndarray, real_codes: np.ndarray, bits: int, codin
     """The index width r in 1..8 giving the smallest entry stream.
 
     A gap of g zeros needs ``g >> r`` fillers and a final delta ``g % 2**r``.
-    Packed size is exact; Huffman size is the zeroth-order entropy of the
-    delta and code fields plus tables (ties go to the smaller r).
+    Packed size is exact; the Huffman size is that of the length-limited
+    codes built for the delta and code fields, plus tables and chunk
+    offsets, up to the padding of chunks to whole bytes (ties go to the
+    smaller r).
     """
     g_vals, g_counts = np.unique(gaps, return_counts=True)
     code_hist = np.bincount(real_codes, minlength=1 << bits).astype(np.int64)
@@ -240,10 +242,15 @@ def choose_index_bits(gaps: np.ndarray, real_codes: np.ndarray, bits: int, codin
             ch = code_hist.copy()
             ch[0] += fill
             chunks = -(-n // chunk_symbols) + 1
-            size = (huffman.entropy_bits(dh) + huffman.entropy_bits(ch)) / 8 + (1 << r) + 16 * chunks
+            size = (_huffman_bits(dh) + _huffman_bits(ch)) / 8 + (1 << r) + 16 * chunks
         if best is None or size < best[0]:
             best = (size, r)
     return best[1]
+
+
+def _huffman_bits(hist: np.ndarray) -> int:
+    hist = np.asarray(hist, np.int64)
+    return int(np.dot(hist, huffman.code_lengths(hist).astype(np.int64)))
 
 
 @dataclass

@@ -3,6 +3,7 @@
 Public API::
 
     cmodel.save_file(tensors, path, rules=None, metadata=None)   # compress + write
+    cmodel.save_model(module, example_input, path)   # capture graph + weights (torch)
     cmodel.load_file(path) -> dict[str, np.ndarray]   # read everything
     with cmodel.open(path) as f:                     # lazy, memory-mapped
         f.metadata, f.tensor_names(), f.record(name), f.read(name)
@@ -22,7 +23,7 @@ from .container import CmzFile
 from .encoder import CompressionReport, save_file
 from .errors import CmzError
 
-__all__ = ["CmzError", "CmzFile", "CompressionReport", "FORMAT_VERSION", "__version__", "load_file", "open", "save_file"]
+__all__ = ["CmzError", "CmzFile", "CompressionReport", "FORMAT_VERSION", "__version__", "load_file", "open", "save_file", "save_model"]
 
 def open(path: str | os.PathLike) -> CmzFile:  # noqa: A001 - mirrors safetensors.safe_open
     """Open a ``.cmz`` file for lazy, memory-mapped reading.
@@ -54,3 +55,35 @@ def load_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     with CmzFile(path) as f:
         return {name: f.read(name) for name in f.tensor_names()}
+
+
+def save_model(module, example_input, path: str | os.PathLike, rules=None, metadata=None, options=None) -> CompressionReport:
+    """Capture a ``torch.nn.Module`` as a graph (spec §10) and write it with
+    its compressed weights into one ``.cmz``, which
+    :class:`cmodel.runtime.Session` runs.
+
+    BatchNorm that follows a conv or linear is folded into it first, so the
+    compressed weights are the folded ones; tensor names are the module's
+    state-dict names.
+
+    Args:
+        module: the model (put in eval mode for the capture, then restored).
+        example_input: a float32 tensor or array with a batch dimension first
+            (a tuple of them for several inputs); any batch size runs later.
+        path, rules, metadata, options: as for :func:`save_file`.
+
+    Returns:
+        The :class:`CompressionReport` of the written file.
+
+    Raises:
+        CmzError: check ``input`` for a module or op the graph cannot
+            express (naming it and its module path), or a missing torch;
+            ``encoder_options`` for bad rules or options.
+
+    Example:
+        >>> cmodel.save_model(model, torch.zeros(1, 3, 224, 224), "m.cmz")  # doctest: +SKIP
+    """
+    from .runtime.capture import capture  # lazy: torch is optional (DESIGN §1)
+
+    graph, tensors = capture(module, example_input)
+    return save_file(tensors, path, rules=rules, metadata=metadata, options=options, graph=graph)

@@ -122,7 +122,14 @@ def _cmd_verify(a) -> int:
     with CmzFile(a.file) as f:
         f.verify()
         n = len(f.tensor_names())
-    print(f"{a.file}: OK ({n} tensors, all checks passed)")
+        graph = ""
+        if f.graph is not None:  # spec §7's last check; the graph code lives in the runtime
+            from .runtime.graph import graph_from_header, validate
+
+            g = graph_from_header(f.graph)
+            validate(g, {name: f.record(name) for name in f.tensor_names()})
+            graph = f", a graph of {len(g.nodes)} nodes"
+    print(f"{a.file}: OK ({n} tensors{graph}, all checks passed)")
     return EXIT_OK
 
 
@@ -190,18 +197,80 @@ class _Progress:
 PROGRESS_MIN_BYTES = 16 * 1024 * 1024
 
 
+def _load_model(spec: str, weights: str | None):
+    """``'package.module:factory'`` → the module the factory returns (called
+    with no arguments), with ``weights`` (a state dict file, loaded with
+    ``weights_only=True``) loaded into it strictly."""
+    import importlib
+    import os
+
+    from .inputs import _need, load_tensors
+
+    torch = _need("torch", "--model")
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise CmzError("input", f"--model: expected 'package.module:factory'; found {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: modules next to the user
+    try:
+        factory = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise CmzError("input", f"--model {spec!r}: expected an importable module {mod_name!r}; found {type(e).__name__}: {e}") from None
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            raise CmzError("input", f"--model {spec!r}: expected {mod_name!r} to define {attr!r}; found no {part!r}")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise CmzError("input", f"--model {spec!r}: expected a callable factory; found {type(factory).__name__}")
+    try:
+        model = factory()
+    except Exception as e:  # user code: any exception, reported on one line
+        raise CmzError("input", f"--model {spec!r}: expected the factory to build a model; found {type(e).__name__}: {' '.join(str(e).split())}"[:600]) from None
+    if not isinstance(model, torch.nn.Module):
+        raise CmzError("input", f"--model {spec!r}: expected the factory to return a torch.nn.Module; found {type(model).__name__}")
+    if weights:
+        sd = {k: torch.as_tensor(v) for k, v in load_tensors(weights).items()}
+        try:
+            model.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise CmzError("input", f"{weights}: expected the state dict of {spec}; found {' '.join(str(e).split())}"[:600]) from None
+    return model
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise CmzError("input", f"--input-shape: expected comma-separated sizes ≥ 1 with the batch first, e.g. 1,3,224,224; found {text!r}")
+    return shape
+
+
 def _cmd_compress(a) -> int:
     import os
 
     from . import save_file
     from .inputs import load_tensors
 
+    if (a.model is None) == (a.input is None) or (a.model is not None) != (a.input_shape is not None) or (a.weights and not a.model):
+        print("cmz compress: error: expected either INPUT (a state dict file) or --model with --input-shape [and --weights]", file=sys.stderr)
+        return EXIT_USAGE
     options, rules = _load_config(a.config) if a.config else ({}, [])
     for key in ("sparsity", "threshold", "bits", "index_bits", "order", "coding"):
         v = getattr(a, key)
         if v is not None:
             options[key] = v
     rules += [parse_rule(r) for r in a.rule]
+    if a.model is not None:
+        from . import save_model
+
+        shape = _parse_shape(a.input_shape)
+        model = _load_model(a.model, a.weights)
+        torch = sys.modules["torch"]
+        report = save_model(model, torch.zeros(shape), a.output, rules=rules, options=options)
+        print(json.dumps(report.to_dict(), indent=2) if a.json else report.format_table())
+        return EXIT_OK
     tensors = load_tensors(a.input)
     big = os.path.getsize(a.input) >= PROGRESS_MIN_BYTES
     report = save_file(tensors, a.output, rules=rules, options=options, progress=_Progress(big and not a.json))
@@ -217,6 +286,51 @@ def _cmd_decompress(a) -> int:
     save_tensors(tensors, a.output)
     print(f"{a.file}: wrote {len(tensors)} dense tensors to {a.output}")
     return EXIT_OK
+
+
+def _cmd_run(a) -> int:
+    import numpy as np
+
+    from .runtime.session import DEFAULT_BACKEND, Session
+
+    xs = []
+    for path in a.input:
+        try:
+            x = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise CmzError("input", f"{path}: expected a .npy array; found {' '.join(str(e).split())}") from None
+        if not isinstance(x, np.ndarray):
+            raise CmzError("input", f"{path}: expected a .npy array; found {type(x).__name__} (an .npz archive?)")
+        if x.dtype.kind == "f" and x.dtype != np.float32:
+            x = x.astype(np.float32)
+        xs.append(x)
+    with Session(a.file, backend=a.backend or DEFAULT_BACKEND) as s:
+        outs = s.run(xs)
+        names = [v.name for v in s.outputs]
+        backend = s.backend
+    print(f"{a.file}: ran on backend {backend!r}, batch {xs[0].shape[0] if xs and xs[0].ndim else '?'}")
+    for name, y in zip(names, outs):
+        print(f"output {name!r}: shape {list(y.shape)} {y.dtype}")
+        if y.ndim == 2:
+            k = min(5, y.shape[1])
+            for i, row in enumerate(y[:RUN_MAX_ROWS]):
+                top = np.argsort(-row, kind="stable")[:k]
+                print(f"  sample {i}: top-{k} classes " + ", ".join(f"{int(c)} ({row[c]:.4g})" for c in top))
+            if y.shape[0] > RUN_MAX_ROWS:
+                print(f"  ... {y.shape[0] - RUN_MAX_ROWS} more samples")
+    if a.output:
+        if a.output.lower().endswith(".npz"):
+            np.savez(a.output, **dict(zip(names, outs)))
+        elif len(outs) != 1:
+            raise CmzError("input", f"--output {a.output}: expected a .npz path for a graph with {len(outs)} outputs; found another suffix")
+        else:
+            np.save(a.output, outs[0])
+        print(f"wrote {a.output}")
+    return EXIT_OK
+
+
+# ``cmz run`` prints the top classes of at most this many samples.
+RUN_MAX_ROWS = 8
 
 
 def _cmd_bench_decode(a) -> int:
@@ -252,6 +366,20 @@ def _cmd_bench_encode(a) -> int:
     return EXIT_OK
 
 
+def _cmd_bench_model(a) -> int:
+    import os
+
+    # Numba and torch each bring an OpenMP runtime whose idle threads spin by
+    # default; on 2 cores two spinning pools slow each other's next call by
+    # 10x or more, which would measure the interference, not the kernels.
+    # Set before either runtime starts (both start lazily).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .bench_model import bench_model, format_result
+
+    print(format_result(bench_model(a.file, batch=a.batch, repeats=a.repeats, threads=a.threads, whole=a.whole)))
+    return EXIT_OK
+
+
 def _cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -269,9 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="run every check, including all CRCs; exit 1 if any fails")
     s.add_argument("file")
     s.set_defaults(func=_cmd_verify)
-    s = sub.add_parser("compress", help="compress a state dict (.pt/.pth/.safetensors/.npz) into a .cmz and print the report")
-    s.add_argument("input")
+    s = sub.add_parser("compress", help="compress a state dict (.pt/.pth/.safetensors/.npz), or a model with its graph (--model), into a .cmz and print the report")
+    s.add_argument("input", nargs="?", help="a state dict file (or give --model)")
     s.add_argument("-o", "--output", required=True, help="the .cmz to write")
+    s.add_argument("--model", metavar="PACKAGE.MODULE:FACTORY", help="capture the graph of the torch.nn.Module this factory returns (called with no arguments) and store it with the weights (spec §10)")
+    s.add_argument("--weights", metavar="FILE", help="with --model: a state dict (.pt/.pth loaded with weights_only=True, .safetensors, .npz) to load into the model first")
+    s.add_argument("--input-shape", dest="input_shape", metavar="N,C,H,W", help="with --model: the example input's shape, batch first (any batch runs later)")
     s.add_argument("--sparsity", type=float, help="prune this fraction of each (unprotected) compressed tensor")
     s.add_argument("--threshold", type=float, help="prune weights with |w| <= this instead")
     s.add_argument("--bits", type=int, help="codebook bits, 1..8 (default 8)")
@@ -282,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="TOML file with [options] and [rules] tables")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=_cmd_compress, file=None)
+    s = sub.add_parser("run", help="run the graph of a .cmz on .npy inputs and print the output shapes (and top-5 classes)")
+    s.add_argument("file")
+    s.add_argument("--input", action="append", required=True, metavar="X.npy", help="one .npy per graph input, in order (float arrays are cast to float32)")
+    s.add_argument("--output", metavar="Y.npy", help="write the output (.npy), or all outputs by name (.npz)")
+    s.add_argument("--backend", choices=("cpu", "numpy"), help="cpu: kernels on the compressed weights; numpy: the dense reference (default: the runtime's default)")
+    s.set_defaults(func=_cmd_run)
     s = sub.add_parser("decompress", help="write the decoded dense tensors to .safetensors, .npz or .pt")
     s.add_argument("file")
     s.add_argument("-o", "--output", required=True)
@@ -302,6 +439,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--coding", choices=("huffman", "packed"), default="huffman")
     b.add_argument("--repeats", type=int, default=3)
     b.set_defaults(func=_cmd_bench_encode, file=None)
+    for what, helptext in (("kernels", "per layer: the cpu kernels against numpy BLAS, scipy CSR, torch dense and torch CSR on the decoded weights"),
+                           ("model", "per layer and the whole model: cpu session against the numpy session and torch eager")):
+        b = bsub.add_parser(what, help=helptext)
+        b.add_argument("file")
+        b.add_argument("--batch", type=int, default=1)
+        b.add_argument("--repeats", type=int, default=10)
+        b.add_argument("--threads", type=int, default=None, help="Numba and torch threads (default: Numba's)")
+        b.set_defaults(func=_cmd_bench_model, whole=(what == "model"))
     s = sub.add_parser("demo", help="the main job on the built-in default model")
     s.add_argument("--out", default="out", help="directory for the files it writes (default: out)")
     s.set_defaults(func=_cmd_demo)

@@ -38,6 +38,12 @@ LIMITS = {
     # Element counts and byte sizes must stay exact in int64 arithmetic
     # (numpy, Numba) everywhere downstream.
     "MAX_ELEMENTS": 2**62,
+    # Elements per sample of any graph value (§10.5), padded conv and pool
+    # inputs included.  A graph is a few bytes, so unlike tensors its
+    # activations are not bounded by the file: this bounds the memory a run
+    # can be made to need (16 GiB of float32 per sample; an 8K image with 64
+    # channels is 2.1e9).
+    "MAX_VALUE_ELEMENTS": 2**32,
 }
 MAX_HEADER_BYTES = LIMITS["MAX_HEADER_BYTES"]
 MAX_NDIM = LIMITS["MAX_NDIM"]
@@ -45,6 +51,7 @@ MAX_NAME_BYTES = LIMITS["MAX_NAME_BYTES"]
 MAX_TENSORS = LIMITS["MAX_TENSORS"]
 MAX_METADATA_ENTRIES = LIMITS["MAX_METADATA_ENTRIES"]
 MAX_ELEMENTS = LIMITS["MAX_ELEMENTS"]
+MAX_VALUE_ELEMENTS = LIMITS["MAX_VALUE_ELEMENTS"]
 
 # §5 Dtypes: name -> (little-endian storage dtype, bytes per element).
 # bfloat16 is stored as the upper 16 bits of the IEEE float32 pattern (u16,
@@ -74,7 +81,7 @@ FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 # §3 Header: key sets.  Required keys must be present, optional keys may be,
 # and any other key is an error.
 HEADER_REQUIRED_KEYS = ("metadata", "tensors")
-HEADER_OPTIONAL_KEYS = ("producer",)
+HEADER_OPTIONAL_KEYS = ("producer", "graph")
 TENSOR_COMMON_KEYS = ("name", "shape", "dtype", "encoding", "segments")
 # Per encoding: (required keys, optional keys).  ``chunk_symbols`` is present
 # exactly when ``coding`` is ``huffman``.
@@ -143,6 +150,7 @@ CHECKS = (
     "huffman",
     "pointers",
     "entries",
+    "graph",
 )
 
 # Checks on arguments given to the writer and encoder (not on files).

@@ -7,6 +7,7 @@ encodings in :mod:`cmodel.encodings`.
 
 from __future__ import annotations
 
+import copy
 import mmap
 import os
 import struct
@@ -150,6 +151,16 @@ class CmzFile:
     def producer(self) -> dict[str, str] | None:
         return None if self._header.producer is None else dict(self._header.producer)
 
+    @property
+    def graph(self) -> dict | None:
+        """The header's ``graph`` map as parsed (spec §10), or None.
+
+        Only its being a map is checked on open; :mod:`cmodel.runtime.graph`
+        validates the content (check ``graph``).  A deep copy, so callers
+        cannot change the file's view of it.
+        """
+        return None if self._header.graph is None else copy.deepcopy(self._header.graph)
+
     def tensor_names(self) -> list[str]:
         """Tensor names in file order."""
         return [r.name for r in self._header.tensors]
@@ -272,15 +283,20 @@ class ContainerWriter:
     temporary file in the target's directory, which ``commit`` fsyncs and
     renames over the target, so the target path never holds a partial file.
     ``abort`` (or leaving a ``with`` block by an exception) removes it.
+    ``graph`` is the header form of a graph (spec §10), written as the
+    header's last key; the writer checks only that it is a map.
     """
 
-    def __init__(self, path, metadata: dict[str, str] | None = None, producer: dict[str, str] | None = None):
+    def __init__(self, path, metadata: dict[str, str] | None = None, producer: dict[str, str] | None = None, graph: dict | None = None):
         for what, m in (("metadata", metadata or {}), ("producer", producer or {})):
             _check_input_map(what, m)
+        if graph is not None and not isinstance(graph, dict):
+            raise CmzError("input", f"graph: expected a map (the header form, spec §10); found {type(graph).__name__}")
         self.path = os.fspath(path)
         self.state = "collect"
         self._metadata = dict(metadata or {})
         self._producer = producer
+        self._graph = graph
         self._records: list[dict] = []
         self._names: set[str] = set()
         self._payloads: list[tuple[int, memoryview]] = []
@@ -321,7 +337,11 @@ class ContainerWriter:
         """Freeze the header, validate it as a reader would, open the
         temporary file and write the preamble."""
         self._step("collect", "preamble")
-        self._header = pack_header(self._metadata, self._producer, self._records)
+        try:
+            self._header = pack_header(self._metadata, self._producer, self._records, self._graph)
+        except (TypeError, ValueError, OverflowError) as e:  # a graph value msgpack cannot store
+            self.abort()
+            raise CmzError("input", f"graph: expected only maps, arrays, str, int, float, bool and nil; found {type(e).__name__}: {e}") from None
         if len(self._header) > C.MAX_HEADER_BYTES:
             self.abort()
             raise CmzError("header_length", f"expected header length ≤ {C.MAX_HEADER_BYTES} (MAX_HEADER_BYTES); found {len(self._header)}")

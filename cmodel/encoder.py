@@ -487,6 +487,7 @@ def save_file(
     options: Mapping | None = None,
     producer: Mapping[str, str] | None | str = "default",
     progress: Callable[[int, int, str], None] | None = None,
+    graph: Mapping | object | None = None,
 ) -> CompressionReport:
     """Compress tensors into a ``.cmz`` file, atomically, and report sizes.
 
@@ -515,6 +516,10 @@ def save_file(
         producer: the header's producer map (default: ``PRODUCER``, this
             package; None omits it, as the golden vectors do).
         progress: called as ``progress(i, n, name)`` before each tensor.
+        graph: the network's graph (spec §10), stored in the header: a
+            :class:`cmodel.runtime.graph.Graph` or its header map
+            (``graph_to_header``).  Only its being a map is checked here;
+            :func:`cmodel.save_model` validates it against the tensors.
 
     Returns:
         A :class:`CompressionReport`; ``print(report.format_table())``.
@@ -536,7 +541,11 @@ def save_file(
     plans = plan(arrays, rules, options)
     if producer == "default":
         producer = PRODUCER
-    w = ContainerWriter(path, metadata=dict(metadata or {}), producer=dict(producer) if producer else None)
+    if graph is not None and not isinstance(graph, Mapping):
+        if not callable(getattr(graph, "to_header", None)):
+            raise CmzError("input", f"graph: expected a Graph or its header map; found {type(graph).__name__}")
+        graph = graph.to_header()
+    w = ContainerWriter(path, metadata=dict(metadata or {}), producer=dict(producer) if producer else None, graph=dict(graph) if graph is not None else None)
     reports = []
     try:
         for i, p in enumerate(plans):

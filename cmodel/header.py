@@ -47,20 +47,27 @@ class TensorRecord:
 
 @dataclass(frozen=True)
 class Header:
+    """The validated header.  ``graph`` is the optional graph map exactly as
+    parsed (only its being a map is checked here; the runtime validates its
+    content, spec §10), or None when the file has none."""
+
     metadata: dict[str, str]
     producer: dict[str, str] | None
     tensors: tuple[TensorRecord, ...]
+    graph: dict | None = None
 
 
 # --- encoding -------------------------------------------------------------
 
 
-def pack_header(metadata: dict[str, str], producer: dict[str, str] | None, tensors: list[dict]) -> bytes:
+def pack_header(metadata: dict[str, str], producer: dict[str, str] | None, tensors: list[dict], graph: dict | None = None) -> bytes:
     """Serialise the header map in its canonical key order (spec §3.1)."""
     top = {"metadata": {k: metadata[k] for k in sorted(metadata)}}
     if producer is not None:
         top["producer"] = producer
     top["tensors"] = tensors
+    if graph is not None:
+        top["graph"] = graph
     return msgpack.packb(top, use_bin_type=True)
 
 
@@ -145,7 +152,7 @@ def unpack_header(raw: bytes) -> object:
 
 
 def _type_name(v) -> str:
-    return {dict: "map", list: "array", str: "str", bytes: "bin", int: "int", float: "float", bool: "bool"}.get(
+    return {dict: "map", list: "array", str: "str", bytes: "bin", int: "int", float: "float", bool: "bool", type(None): "nil"}.get(
         type(v), type(v).__name__
     )
 
@@ -217,6 +224,8 @@ def validate_header(obj: object) -> Header:
         raise CmzError("header_keys", f"header['tensors']: expected an array; found {_type_name(tensors)}")
     if len(tensors) > C.MAX_TENSORS:
         raise CmzError("header_keys", f"header['tensors']: expected at most {C.MAX_TENSORS} records (MAX_TENSORS); found {len(tensors)}")
+    if "graph" in obj and type(obj["graph"]) is not dict:
+        raise CmzError("header_keys", f"header['graph']: expected a map (spec §10); found {_type_name(obj['graph'])}")
 
     _check_str_map("metadata", "header['metadata']", obj["metadata"], C.MAX_METADATA_ENTRIES)
     if "producer" in obj:
@@ -293,4 +302,4 @@ def validate_header(obj: object) -> Header:
             segs[role] = Segment(off, length, crc)
         params = {k: t[k] for k in t if k not in C.TENSOR_COMMON_KEYS}
         records.append(TensorRecord(t["name"], tuple(t["shape"]), t["dtype"], t["encoding"], params, segs))
-    return Header(dict(obj["metadata"]), dict(obj["producer"]) if "producer" in obj else None, tuple(records))
+    return Header(dict(obj["metadata"]), dict(obj["producer"]) if "producer" in obj else None, tuple(records), obj.get("graph"))

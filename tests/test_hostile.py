@@ -330,8 +330,15 @@ def test_missing_top_level_key(tmp_path, capsys, key):
 
 
 def test_unknown_top_level_key(tmp_path, capsys):
-    # Attack: an unknown top-level key (graph is reserved, not yet allowed).
-    rejects(tmp_path, capsys, cmz(header(graph={})), "header_keys", "unknown key 'graph'")
+    # Attack: an unknown top-level key.
+    rejects(tmp_path, capsys, cmz(header(graphs={})), "header_keys", "unknown key 'graphs'")
+
+
+@pytest.mark.parametrize("graph, found", [([], "found array"), ("g", "found str"), (None, "found nil")])
+def test_graph_not_a_map(tmp_path, capsys, graph, found):
+    # Attack: the optional graph key holding something other than a map
+    # (its content is the runtime's `graph` check, spec §10).
+    rejects(tmp_path, capsys, cmz(header(graph=graph)), "header_keys", f"header['graph']: expected a map (spec §10); {found}")
 
 
 def test_tensors_not_an_array(tmp_path, capsys):

@@ -74,57 +74,17 @@ def _im2col(x: np.ndarray, kh, kw, stride, padding, dilation) -> np.ndarray:
 
 def torch_graph_runner(graph, weights: dict):
     """A function running ``graph`` with torch eager ops on dense weights
-    (the "torch eager" baseline for a file's graph), or None without torch."""
-    torch, F = _torch()
+    (the "torch eager" baseline), or None without torch."""
+    torch, _ = _torch()
     if torch is None:
         return None
-    tw = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in weights.items()}
+    from .runtime.torch_ref import run_torch
 
-    def conv(x, w, b, a):
-        top, left, bottom, right = a["padding"]
-        if (top, left) != (bottom, right):
-            x = F.pad(x, (left, right, top, bottom))
-            top = left = 0
-        return F.conv2d(x, w, b, tuple(a["stride"]), (top, left), tuple(a["dilation"]), a["groups"])
-
-    def binary(fn):
-        return lambda xs, a: fn(xs[0], xs[1]) if len(xs) == 2 else fn(xs[0], a["scalar"])
-
-    ops = {
-        "linear": lambda xs, a, p: F.linear(xs[0], p["weight"], p.get("bias")),
-        "conv2d": lambda xs, a, p: conv(xs[0], p["weight"], p.get("bias"), a),
-        "batch_norm": lambda xs, a, p: F.batch_norm(xs[0], p["running_mean"], p["running_var"], p.get("weight"), p.get("bias"), False, 0.0, a["eps"]),
-        "relu": lambda xs, a, p: F.relu(xs[0]),
-        "relu6": lambda xs, a, p: F.relu6(xs[0]),
-        "leaky_relu": lambda xs, a, p: F.leaky_relu(xs[0], a["negative_slope"]),
-        "sigmoid": lambda xs, a, p: torch.sigmoid(xs[0]),
-        "tanh": lambda xs, a, p: torch.tanh(xs[0]),
-        "gelu": lambda xs, a, p: F.gelu(xs[0], approximate=a["approximate"]),
-        "silu": lambda xs, a, p: F.silu(xs[0]),
-        "hardswish": lambda xs, a, p: F.hardswish(xs[0]),
-        "hardsigmoid": lambda xs, a, p: F.hardsigmoid(xs[0]),
-        "max_pool2d": lambda xs, a, p: F.max_pool2d(xs[0], a["kernel"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"]),
-        "avg_pool2d": lambda xs, a, p: F.avg_pool2d(xs[0], a["kernel"], a["stride"], a["padding"], a["ceil_mode"], a["count_include_pad"]),
-        "adaptive_avg_pool2d": lambda xs, a, p: F.adaptive_avg_pool2d(xs[0], a["output_size"]),
-        "flatten": lambda xs, a, p: torch.flatten(xs[0], a["start_dim"], a["end_dim"]),
-        "reshape": lambda xs, a, p: xs[0].reshape((xs[0].shape[0],) + tuple(a["shape"][1:])),
-        "add": lambda xs, a, p: binary(torch.add)(xs, a),
-        "mul": lambda xs, a, p: binary(torch.mul)(xs, a),
-        "cat": lambda xs, a, p: torch.cat(xs, a["dim"]),
-        "softmax": lambda xs, a, p: F.softmax(xs[0], a["dim"]),
-        "log_softmax": lambda xs, a, p: F.log_softmax(xs[0], a["dim"]),
-        "dropout": lambda xs, a, p: xs[0],
-        "identity": lambda xs, a, p: xs[0],
-    }
+    dense = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
 
     def run(x: np.ndarray):
-        vals = {graph.inputs[0].name: torch.from_numpy(x)}
         with torch.inference_mode():
-            for n in graph.nodes:
-                params = {role: tw[name] for role, name in n.params.items()}
-                out = ops[n.op]([vals[v] for v in n.inputs], n.attrs, params)
-                vals[n.outputs[0]] = out
-        return [vals[v.name].numpy() for v in graph.outputs]
+            return run_torch(graph, dense, [x])
 
     return run
 

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import cmodel
+from flips import undetected_byte_flips
 from cmodel import constants as C, huffman, sparse
 from cmodel.cli import main as cmz_main
 from cmodel.errors import CmzError
@@ -710,22 +711,4 @@ def test_every_single_byte_change_is_detected(tmp_path, shape, opts):
     with cmodel.open(src) as f:
         f.verify()
         assert f.record("w").encoding == ("sparse" if "sparsity" in opts else "codebook")
-    p = tmp_path / "flip.cmz"
-    undetected = []
-    for pos in range(len(good)):
-        for mask in (0xFF, 0x01):
-            bad = bytearray(good)
-            bad[pos] ^= mask
-            p.write_bytes(bad)
-            try:
-                f = cmodel.open(p)
-            except CmzError:
-                continue
-            try:
-                f.verify()
-            except CmzError:
-                continue
-            finally:
-                f.close()
-            undetected.append((pos, mask))
-    assert undetected == []
+    assert undetected_byte_flips(good, tmp_path / "flip.cmz") == []

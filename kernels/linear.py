@@ -126,7 +126,7 @@ def _load_u64(typingctx, buf, byte):
     return types.uint64(buf, byte), codegen
 
 
-@nb.njit
+@nb.njit(inline="always")
 def _field_at(buf, bit, w):
     # A field of <= 16 bits at bit offset s < 8 spans <= 3 bytes; guarded at the end.
     k = bit >> _U3
@@ -211,7 +211,7 @@ def _ov_fast_end(buf, w, n):
 LANES = 8
 
 
-@nb.njit
+@nb.njit(inline="always")
 def _positions4(e0, e1, e2, e3, m):
     """Offsets of four consecutive entries from the current position, and the
     step past the last: a prefix tree, so the loop-carried chain is one add
@@ -223,7 +223,7 @@ def _positions4(e0, e1, e2, e3, m):
     return d0, s01 + _U1, s012 + _U2, s0123 + _U3, s0123 + _U4
 
 
-@nb.njit
+@nb.njit(inline="always")
 def _epilogue(acc, scales, bias, i):
     if scales.size:
         acc *= scales[i]
@@ -310,7 +310,7 @@ def _sparse_row(buf, w, r, n_entries, pointers, codebook, scales, bias, xt, acc,
 # each thread walk every column's entries.
 
 
-@nb.njit
+@nb.njit(inline="always")
 def _first_line_at(pointers, lines, target):
     """Smallest line l with pointers[l] >= target (binary search)."""
     lo = 0
@@ -733,7 +733,7 @@ GEMM_ROWS = 4  # rows decoded per tile
 GEMM_COLS = 1024  # columns per tile (a multiple of both SIMD blocks): 16 KB
 
 
-@nb.njit
+@nb.njit(inline="always")
 def _code(buf, bits, i, j, cols):
     return _field_at(buf, (np.uint64(i) * np.uint64(cols) + np.uint64(j)) * np.uint64(bits), np.uint64(bits))
 

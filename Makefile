@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/cmz demo
 
+# Two invocations: NUMBA_ENABLE_CUDASIM must be set before numba is imported,
+# so the CUDA simulator tests (tests/cuda_sim) run in a process of their own.
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests
+	NUMBA_ENABLE_CUDASIM=1 $(BIN)/python -m pytest -n 2 tests/cuda_sim
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -381,9 +381,12 @@ def _cmd_bench_model(a) -> int:
 
 
 def _cmd_demo(a) -> int:
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as for cmz bench model: the demo times torch against the runtime
     from .demo import run_demo
 
-    return run_demo(a.out)
+    return run_demo(a.out, epochs=a.epochs, subset=a.subset, synthetic=a.synthetic, threads=a.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,8 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--repeats", type=int, default=10)
         b.add_argument("--threads", type=int, default=None, help="Numba and torch threads (default: Numba's)")
         b.set_defaults(func=_cmd_bench_model, whole=(what == "model"))
-    s = sub.add_parser("demo", help="the main job on the built-in default model")
+    s = sub.add_parser("demo", help="the main job: Deep Compression of LeNet-300-100 on Fashion-MNIST (train, prune, quantise, Huffman, run the .cmz; needs torch)")
     s.add_argument("--out", default="out", help="directory for the files it writes (default: out)")
+    s.add_argument("--epochs", type=int, help="baseline epochs (default 3; retraining epochs are capped by it)")
+    s.add_argument("--subset", type=int, help="train on the first N training images only")
+    s.add_argument("--synthetic", action="store_true", help="a small generated dataset instead of Fashion-MNIST (no package needed)")
+    s.add_argument("--threads", type=int, help="torch and Numba threads (default: all cores)")
     s.set_defaults(func=_cmd_demo)
     return p
 

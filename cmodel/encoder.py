@@ -23,6 +23,11 @@ Defaults, and why:
   ``2**bits - 1`` centroids plus the reserved zero, with relative indices of
   ``index_bits`` bits; ``index_bits='auto'`` (the default) picks the width
   that gives the smallest stream, counting the fillers each width needs.
+* **Prequantised tensors** (:class:`Prequantised`: a codebook, codes and row
+  scales that training already fixed, e.g. by :mod:`cmodel.train`'s trained
+  quantisation) are written as given: no pruning, no k-means, only relative
+  indexing and coding.  The file format is the same; the report counts them
+  like any other compressed tensor.
 """
 
 from __future__ import annotations
@@ -149,6 +154,83 @@ def protected_tensors(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class Prequantised:
+    """A weight whose pruning and weight sharing are already decided: the
+    encoder stores exactly these codes, codebook and scales (spec §6.2), and
+    only relative-indexes and codes them.  Pass it as a tensor's value to
+    :func:`save_file` (or in the tensors of ``save_model``'s capture).
+
+    Attributes:
+        codebook: ``[2**bits]`` float32 or float16 values, finite; for a
+            sparse tensor ``codebook[0]`` is +0.0 (code 0 = pruned).
+        codes: uint8 codes of the tensor's shape (≥ 2 dims; the shape of the
+            decoded tensor), each ``< 2**bits``.
+        scales: one float32/float16 scale per row of the matrix view
+            (``shape[0]``), finite, or None.
+        sparse: True to store as ``sparse`` (code 0 = a pruned weight),
+            False as a dense ``codebook``.
+
+    The decoded tensor is float32: ``float32(scales[row]) * float32(codebook[code])``
+    (:meth:`dequantize`).  Global options and rules do not change what is
+    stored (``sparsity``, ``threshold``, ``bits``, ``codebook_dtype``,
+    ``scale``, ``scale_dtype``, ``skip``/``compress`` are ignored for it);
+    ``index_bits``, ``order``, ``coding`` and ``chunk_symbols`` apply.
+
+    Raises:
+        CmzError: ``check='input'`` when a field breaks one of these rules.
+    """
+
+    codebook: np.ndarray
+    codes: np.ndarray
+    scales: np.ndarray | None
+    sparse: bool
+
+    def __post_init__(self):
+        def bad(what):
+            raise CmzError("input", f"prequantised tensor: expected {what}")
+
+        cb, codes, sc = self.codebook, self.codes, self.scales
+        if not isinstance(cb, np.ndarray) or cb.ndim != 1 or cb.dtype not in (np.float32, np.float16):
+            bad(f"codebook a 1-D float32/float16 numpy array; found {getattr(cb, 'dtype', type(cb).__name__)} of shape {getattr(cb, 'shape', '?')}")
+        bits = int(cb.size).bit_length() - 1
+        if not (1 <= bits <= 8 and cb.size == 1 << bits):
+            bad(f"a codebook of 2**bits values, bits in 1..8; found {cb.size} values")
+        if not np.isfinite(cb).all():
+            bad("finite codebook values; found NaN or infinity")
+        if type(self.sparse) is not bool:
+            bad(f"sparse true or false; found {self.sparse!r}")
+        if self.sparse and cb[:1].view(np.uint16 if cb.dtype == np.float16 else np.uint32)[0] != 0:
+            bad(f"codebook[0] = +0.0 in a sparse tensor (code 0 is the pruned zero); found {cb[0]!r}")
+        if not isinstance(codes, np.ndarray) or codes.dtype != np.uint8 or codes.ndim < 2:
+            bad(f"codes a uint8 numpy array with ≥ 2 dims; found {getattr(codes, 'dtype', type(codes).__name__)} of shape {getattr(codes, 'shape', '?')}")
+        if codes.size and int(codes.max()) >= cb.size:
+            bad(f"codes < {cb.size} (2**bits); found {int(codes.max())}")
+        if sc is not None:
+            if not isinstance(sc, np.ndarray) or sc.dtype not in (np.float32, np.float16) or sc.shape != (codes.shape[0],):
+                bad(f"scales None or a float32/float16 array of shape ({codes.shape[0]},); found {getattr(sc, 'dtype', type(sc).__name__)} of shape {getattr(sc, 'shape', '?')}")
+            if not np.isfinite(sc).all():
+                bad("finite scales; found NaN or infinity")
+            with np.errstate(over="ignore"):
+                top = np.float32(np.abs(cb).max()) * np.float32(np.abs(sc).max() if sc.size else 0)
+            if not np.isfinite(top):
+                bad("max |codebook| × max |scale| within float32; found an overflow")
+
+    @property
+    def bits(self) -> int:
+        return int(self.codebook.size).bit_length() - 1
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.codes.shape)
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 tensor the decoder reproduces (spec §6.2)."""
+        rows, cols = matrix_shape(self.shape)
+        cb = quantize.CodebookResult(self.codebook, self.codes.reshape(rows, cols), self.scales, self.codebook.size)
+        return cb.dequantize().reshape(self.shape)
+
+
 @dataclass
 class Plan:
     """What the encoder will do with one tensor."""
@@ -157,21 +239,26 @@ class Plan:
     compress: bool
     options: dict
     protected: str | None = None
+    prequantised: Prequantised | None = None
 
     @property
     def sparse(self) -> bool:
+        if self.prequantised is not None:
+            return self.prequantised.sparse
         return self.compress and (bool(self.options["sparsity"]) or self.options["threshold"] is not None)
 
 
-def plan(arrays: Mapping[str, tuple[np.ndarray, str]], rules=None, options=None) -> list[Plan]:
+def plan(arrays: Mapping[str, tuple[np.ndarray, str]], rules=None, options=None, prequantised: Mapping[str, Prequantised] | None = None) -> list[Plan]:
     """Resolve defaults, global options and rules for every tensor.
 
     Order: defaults, then ``options`` (except ``sparsity``/``threshold``/
     ``bits`` on protected tensors), then every rule whose glob pattern
     matches the name, in order, later ones overriding earlier ones.
     ``skip: v`` is the same as ``compress: not v``; a global ``compress``
-    selects only float tensors.
+    selects only float tensors.  Tensors in ``prequantised`` are always
+    compressed, with their own bits, codebook and scales.
     """
+    prequantised = prequantised or {}
     rule_list = _rule_list(rules)
     glob = check_options(options or {}, "options")
     floats = {n: a.shape for n, (a, dt) in arrays.items() if dt in C.FLOAT_DTYPES}
@@ -197,9 +284,14 @@ def plan(arrays: Mapping[str, tuple[np.ndarray, str]], rules=None, options=None)
                             opts["threshold"] = None
                         if k == "threshold" and v is not None:
                             opts["sparsity"] = None
+        pq = prequantised.get(name)
+        if pq is not None:
+            compress = True
+            opts.update(bits=pq.bits, sparsity=None, threshold=None, codebook_dtype=str(pq.codebook.dtype),
+                        scale="none" if pq.scales is None else "row")
         if compress and not is_float:
             raise CmzError("encoder_options", f"tensor {name!r}: expected a float tensor to compress; found {dtype}")
-        plans.append(Plan(name, compress, opts, protected.get(name)))
+        plans.append(Plan(name, compress, opts, protected.get(name), pq))
     return plans
 
 
@@ -296,16 +388,9 @@ CATEGORY = {
 CATEGORIES = ("codes", "indices", "pointers", "codebook", "scales", "huffman_tables", "raw")
 
 
-def _encode_tensor(p: Plan, a: np.ndarray, dtype: str):
-    """Compress one tensor: returns (params, segments in role order, report)."""
+def _build_codebook(p: Plan, w2d: np.ndarray) -> quantize.CodebookResult:
+    """Prune (sparse plans) and share one tensor's weights (DESIGN §4 steps 2-3)."""
     o = p.options
-    rows, cols = matrix_shape(a.shape)
-    w = (a.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else a
-    w2d = w.reshape(rows, cols)
-    if w2d.dtype == np.float16:
-        w2d = w2d.astype(np.float32)
-    fp32 = a.size * 4
-    rep = TensorReport(p.name, a.shape, dtype, "", p.protected, a.size, fp32, a.size)
     mask = None
     if p.sparse:
         try:
@@ -316,13 +401,63 @@ def _encode_tensor(p: Plan, a: np.ndarray, dtype: str):
     scale_dtypes = ["float16", "float32"] if o["scale_dtype"] == "auto" else [o["scale_dtype"]]
     for i, sd in enumerate(scale_dtypes):
         try:
-            cb = quantize.build_codebook(w2d, o["bits"], p.sparse, mask, scale, np.dtype(o["codebook_dtype"]), np.dtype(sd))
-            break
+            return quantize.build_codebook(w2d, o["bits"], p.sparse, mask, scale, np.dtype(o["codebook_dtype"]), np.dtype(sd))
         except CmzError as e:
             if i + 1 == len(scale_dtypes) or scale == "none":
                 raise CmzError(e.check, f"tensor {p.name!r}: {e}") from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def share_weights(name: str, w, options: Mapping) -> quantize.CodebookResult:
+    """The codebook, codes and row scales the encoder would store for one
+    tensor with these options (pruning and k-means exactly as in
+    :func:`save_file`; the protection defaults do not apply, the options are
+    taken as given).  Training code builds its trained-quantisation
+    codebooks with this, then writes them back through :class:`Prequantised`.
+
+    Args:
+        name: the tensor's name (for messages).
+        w: the weight, numpy array or torch tensor, float, ≥ 2 dims.
+        options: encoder options (:data:`OPTION_KEYS`), e.g.
+            ``{"bits": 6, "threshold": 0.0}`` (sparse: keep the nonzeros).
+
+    Returns:
+        A :class:`cmodel.quantize.CodebookResult` over the matrix view.
+
+    Raises:
+        CmzError: ``check='encoder_options'`` for a bad option; ``input``
+            for a tensor that is not float with ≥ 2 dims.
+    """
+    a, dtype = to_numpy(name, w)
+    if dtype not in C.FLOAT_DTYPES or a.ndim < 2:
+        raise CmzError("input", f"tensor {name!r}: expected a float tensor with ≥ 2 dims; found {dtype} of shape {list(a.shape)}")
+    opts = dict(DEFAULTS)
+    opts.update(check_options(options, f"tensor {name!r}"))
+    if dtype == "bfloat16":
+        a = (a.astype(np.uint32) << 16).view(np.float32)
+    w2d = a.reshape(matrix_shape(a.shape))
+    if w2d.dtype == np.float16:
+        w2d = w2d.astype(np.float32)
+    return _build_codebook(Plan(name, True, opts), w2d)
+
+
+def _encode_tensor(p: Plan, a: np.ndarray, dtype: str):
+    """Compress one tensor: returns (params, segments in role order, report)."""
+    o = p.options
+    rows, cols = matrix_shape(a.shape)
+    w = (a.astype(np.uint32) << 16).view(np.float32) if dtype == "bfloat16" else a
+    w2d = w.reshape(rows, cols)
+    if w2d.dtype == np.float16:
+        w2d = w2d.astype(np.float32)
+    fp32 = a.size * 4
+    rep = TensorReport(p.name, a.shape, dtype, "", p.protected, a.size, fp32, a.size)
+    if p.prequantised is not None:  # training fixed codes, codebook and scales: store them as given
+        pq = p.prequantised
+        cb = quantize.CodebookResult(pq.codebook, pq.codes.reshape(rows, cols), pq.scales, pq.codebook.size)
+    else:
+        cb = _build_codebook(p, w2d)
     b = o["bits"]
-    params = {"bits": b, "coding": o["coding"], "codebook_dtype": o["codebook_dtype"], "scale": "none" if cb.scales is None else str(cb.scales.dtype)}
+    params = {"bits": b, "coding": o["coding"], "codebook_dtype": str(cb.codebook.dtype), "scale": "none" if cb.scales is None else str(cb.scales.dtype)}
     segs = {"codebook": cb.codebook.astype(cb.codebook.dtype.newbyteorder("<"))}
     if cb.scales is not None:
         segs["scales"] = cb.scales.astype(cb.scales.dtype.newbyteorder("<"))
@@ -497,7 +632,9 @@ def save_file(
     :mod:`cmodel.encoder` for the reasons).
 
     Args:
-        tensors: name → numpy array or torch tensor, kept in the order given.
+        tensors: name → numpy array, torch tensor or :class:`Prequantised`
+            (stored with exactly its codes, codebook and scales), kept in
+            the order given.
         path: the target; it is replaced only once the new file is complete.
         rules: glob pattern → option dict (or a list of (pattern, options)
             pairs). Every matching pattern applies, in order, later ones
@@ -534,11 +671,16 @@ def save_file(
     if not isinstance(tensors, Mapping):
         raise CmzError("input", f"tensors: expected a mapping of name to tensor; found {type(tensors).__name__}")
     arrays = {}
+    prequantised = {}
     for name, value in tensors.items():
         if type(name) is not str:
             raise CmzError("input", f"tensor names: expected str; found {type(name).__name__} {name!r}")
-        arrays[name] = to_numpy(name, value)
-    plans = plan(arrays, rules, options)
+        if isinstance(value, Prequantised):
+            prequantised[name] = value
+            arrays[name] = (value.dequantize(), "float32")
+        else:
+            arrays[name] = to_numpy(name, value)
+    plans = plan(arrays, rules, options, prequantised)
     if producer == "default":
         producer = PRODUCER
     if graph is not None and not isinstance(graph, Mapping):

@@ -185,21 +185,32 @@ def test_help_exit_0(capsys):
 
 
 def test_demo(capsys, tmp_path):
-    # The demo writes LeNet-300-100 twice: with the near-lossless defaults
-    # (dense codebooks) and with Deep Compression settings (sparse).
+    # The demo trains LeNet-300-100, prunes, quantises, writes one .cmz with
+    # its graph and runs it through the runtime; a tiny synthetic run here.
     out_dir = tmp_path / "out"
-    rc, out, err = run(capsys, "demo", "--out", str(out_dir))
-    assert (rc, err) == (0, "")
-    assert sorted(p.name for p in out_dir.iterdir()) == ["lenet300_dc.cmz", "lenet300_default.cmz"]
-    for fname, weight_encoding in (("lenet300_default.cmz", "codebook"), ("lenet300_dc.cmz", "sparse")):
-        path = out_dir / fname
-        assert str(path) in out
-        with cmodel.open(path) as f:
-            f.verify()
-            assert f.tensor_names() == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]
-            assert f.record("fc1.weight").shape == (300, 784)
-            assert [f.record(n).encoding for n in f.tensor_names()] == [weight_encoding, "raw", weight_encoding, "raw", "raw", "raw"]
-        assert run(capsys, "verify", str(path))[0] == 0
+    rc, out, err = run(capsys, "demo", "--out", str(out_dir), "--synthetic", "--subset", "600", "--epochs", "1")
+    assert rc == 0, err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["lenet300.cmz", "lenet300.json"]
+    path = out_dir / "lenet300.cmz"
+    assert str(path) in out
+    with cmodel.open(path) as f:
+        f.verify()
+        assert f.graph is not None
+        assert f.tensor_names() == ["ip1.weight", "ip1.bias", "ip2.weight", "ip2.bias", "ip3.weight", "ip3.bias"]
+        assert f.record("ip1.weight").shape == (300, 784)
+        assert [f.record(n).encoding for n in f.tensor_names()] == ["sparse", "raw"] * 3
+    size = path.stat().st_size
+    assert f"-> .cmz {size:,} B" in out and "through the runtime" in out and "PyTorch eager" in out and "threads" in out
+    assert run(capsys, "verify", str(path))[0] == 0
+
+
+def test_demo_without_dataset_one_line(capsys, tmp_path, monkeypatch):
+    from cmodel import datasets
+
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    rc, out, err = run(capsys, "demo", "--out", str(tmp_path / "o"))
+    assert rc == 1
+    assert "apt-get install -y dataset-fashion-mnist" in one_error_line(err)
 
 
 def test_demo_unwritable_out_exit_1(capsys, tmp_path):

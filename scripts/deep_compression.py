@@ -1,0 +1,69 @@
+"""Reproduce Deep Compression on Fashion-MNIST (not run in CI).
+
+    nice -n 15 .venv/bin/python scripts/deep_compression.py lenet300 [--out out/lenet300]
+    nice -n 15 .venv/bin/python scripts/deep_compression.py lenet5 --sensitivity
+
+Needs the Debian package dataset-fashion-mnist (apt-get install -y
+dataset-fashion-mnist) and the torch extra.  Trains the baseline, prunes
+iteratively with masked retraining, trained quantisation, Huffman, then runs
+the .cmz through the runtime (cpu backend); prints the paper-style table and
+writes <out>/<model>.cmz and <out>/<model>.json.  --sensitivity also writes
+the per-layer sensitivity sweep of the baseline (CSV, and PNG with matplotlib).
+Override any Config field with --set key=value (JSON values), e.g.
+--set 'prune={"ip1.weight": 0.95}'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/numba start their thread pools
+
+
+def main(argv=None) -> int:
+    from cmodel import demo, train as T
+
+    configs = {"lenet300": demo.LENET300_FULL, "lenet5": demo.LENET5_FULL}
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", choices=sorted(configs))
+    p.add_argument("--out", help="output folder (default out/<model>)")
+    p.add_argument("--threads", type=int, default=None, help="torch and Numba threads (default: all cores)")
+    p.add_argument("--sensitivity", action="store_true", help="sweep per-layer sensitivity of the baseline first")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override a Config field")
+    a = p.parse_args(argv)
+    cfg = demo.Config(**configs[a.model].to_dict())
+    for kv in a.set:
+        k, v = kv.split("=", 1)
+        if not hasattr(cfg, k):
+            p.error(f"--set: expected a Config field; found {k!r}")
+        setattr(cfg, k, json.loads(v))
+    out = a.out or os.path.join("out", a.model)
+    os.makedirs(out, exist_ok=True)
+    data = demo.load_data(cfg)
+    if a.sensitivity:
+        import torch
+
+        torch.manual_seed(cfg.seed)
+        model = demo.build_model(cfg.model)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        demo._train(model, data, demo._sgd(model.parameters(), cfg.lr, cfg), cfg.epochs, cfg, gen, "sensitivity baseline")
+        xte, yte = data[2], data[3]
+        layers = [n for n, q in model.named_parameters() if q.ndim > 1]
+        rows = T.sensitivity(model, lambda m: T.accuracy(m, xte, yte), layers, [0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97],
+                             csv_path=os.path.join(out, "sensitivity.csv"), png_path=os.path.join(out, "sensitivity.png"))
+        for r in rows:
+            print(f"sensitivity {r['layer']:<14} pruned {100 * r['sparsity']:5.1f}%  accuracy {r['accuracy']:.2f}%")
+    res = demo.deep_compression(cfg, out, data=data, threads=a.threads)
+    print()
+    print(res["table"])
+    print()
+    print(demo.format_speed(res["speed"]))
+    print(f"\nwrote {out}/{cfg.model}.cmz and {out}/{cfg.model}.json; total {res['total_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

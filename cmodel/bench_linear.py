@@ -263,7 +263,7 @@ def bench_codebook_gemv(rows: int, cols: int, bits: int, repeats: int, *, thread
 
     A normal(0, 1) float32 matrix is encoded as ``bits``-bit row-scaled
     codebooks (the encoder's default form).  Candidates: ``cmz codebook``
-    (the SIMD path when :data:`cmodel.kernels.linear.SIMD` is ``avx512``),
+    (the SIMD path :data:`cmodel.kernels.linear.SIMD` names, where the width has one),
     ``cmz codebook portable`` (the portable loops, when that differs),
     ``numpy dense`` (``x @ W.T`` on the decoded W) and ``torch dense``.
 
@@ -297,7 +297,7 @@ def bench_codebook_gemv(rows: int, cols: int, bits: int, repeats: int, *, thread
     nt = threads or numba.get_num_threads()
     candidates = [("cmz codebook", ours(None))]
     if linear.SIMD != "portable":
-        candidates.append(("cmz codebook portable", ours(False)))
+        candidates.append(("cmz codebook portable", ours("portable")))
     candidates.append(("numpy dense", lambda: x @ dense.T))
     torch = _torch(nt)
     if torch is not None:

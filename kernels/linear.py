@@ -22,7 +22,7 @@ product would: pruned weights are never multiplied (0 * inf is not formed),
 fillers are (0 * inf = NaN in row order), and column order skips zero
 activations.
 
-Dense codebook SIMD path (``SIMD == "avx512"``): x86 AVX-512 in-register
+Dense codebook AVX-512 path (``SIMD == "avx512"``): x86 AVX-512 in-register
 table lookups, written as LLVM IR through Numba intrinsics.
 * 4-bit: the 16-entry codebook sits in one zmm register; 16 code bytes are
   widened to dwords, split into low and high nibbles and looked up with
@@ -38,9 +38,22 @@ Measured (``cmodel.bench_linear``) on a 2-core AMD EPYC (Zen 5) VM on a
 shared host, 4096 x 4096, batch 1, 2 threads: 4-bit 0.27-0.39 ms, 6-8x
 numpy's dense float32 GEMV; 8-bit 0.54 ms back to back (2.9x) and 1.0-1.3
 ms interleaved with numpy, whose 67 MB evict the 16 MB of codes from L3
-(1.5-1.8x); the portable scalar loops reach ~0.5x at either width.  The portable loops are the fallback everywhere else, and the
-tests check that both paths agree.  ``CMODEL_SIMD=portable`` forces the
-fallback; ``avx512`` demands the SIMD path; ``auto`` (default) picks.
+(1.5-1.8x); the portable scalar loops reach ~0.5x at either width.
+
+AVX2 path (``SIMD == "avx2"``, CPUs with AVX2 and FMA but no AVX-512, e.g.
+AMD Zen 2/3): 4-bit codes only.  The codebook's 16 float32 values are split
+into 4 byte planes of 16 bytes, each one ``vpshufb`` table; 16 code bytes
+give a 32-byte index vector (low nibbles, then high nibbles), 4 ``vpshufb``
+look up the 4 bytes of 32 weights, and the same byte/word unpacks as the
+8-bit AVX-512 path reassemble them as 4 x 8 float32 in a fixed lane order
+(x is permuted to it once per call).  A 256-entry table has no such
+in-register lookup on AVX2, so 8-bit codes take the portable loops there.
+
+The portable loops are the fallback everywhere else, and the tests check
+that every SIMD path the CPU has agrees with them.  ``CMODEL_SIMD`` forces
+a level (``avx512``, ``avx2``, ``portable``; the CPU must have it);
+``auto`` (default) picks the best one the CPU has, published as
+:data:`SIMD` (and :data:`SIMD_OK` per level).
 """
 
 from __future__ import annotations
@@ -62,10 +75,16 @@ __all__ = ["SIMD", "codebook_matmul", "sparse_matmul"]
 # --- SIMD selection -----------------------------------------------------------
 
 SIMD_ENV = "CMODEL_SIMD"
-SIMD_CHOICES = ("auto", "avx512", "portable")
-# vpermps/vpermi2ps need AVX-512F; vpermi2b needs VBMI; the byte mask and
-# the byte/word unpacks on zmm need BW.
-_AVX512_FEATURES = frozenset({"avx512f", "avx512bw", "avx512vbmi"})
+SIMD_CHOICES = ("auto", "avx512", "avx2", "portable")
+# Per level, the CPU features its lookups need.  AVX-512: vpermps/vpermi2ps
+# need F; vpermi2b needs VBMI; the byte mask and the byte/word unpacks on zmm
+# need BW.  AVX2: vpshufb and the byte/word unpacks on ymm, FMA3.
+_SIMD_FEATURES = {
+    "avx512": frozenset({"avx512f", "avx512bw", "avx512vbmi"}),
+    "avx2": frozenset({"avx2", "fma"}),
+    "portable": frozenset(),
+}
+_SIMD_BEST_FIRST = ("avx512", "avx2", "portable")
 
 
 def _target_features() -> set[str]:
@@ -75,19 +94,29 @@ def _target_features() -> set[str]:
     return {name for name, on in _llvm.get_host_cpu_features().items() if on}
 
 
-_AVX512_OK = _AVX512_FEATURES <= _target_features()
+_FEATURES = _target_features()
+#: Per SIMD level, whether the target CPU has what it needs.
+SIMD_OK = {level: need <= _FEATURES for level, need in _SIMD_FEATURES.items()}
+_AVX512_OK = SIMD_OK["avx512"]
+_AVX2_OK = SIMD_OK["avx2"]
+
+
+def _lacks(level: str) -> str:
+    return ", ".join(sorted(_SIMD_FEATURES[level] - _FEATURES))
 
 
 def _choose_simd() -> str:
     want = os.environ.get(SIMD_ENV, "auto")
     if want not in SIMD_CHOICES:
         raise ValueError(f"{SIMD_ENV}: expected one of {', '.join(SIMD_CHOICES)}; found {want!r}")
-    if want == "avx512" and not _AVX512_OK:
-        raise RuntimeError(f"{SIMD_ENV}=avx512: the target CPU lacks {', '.join(sorted(_AVX512_FEATURES - _target_features()))}")
-    return "avx512" if _AVX512_OK and want != "portable" else "portable"
+    if want == "auto":
+        return next(level for level in _SIMD_BEST_FIRST if SIMD_OK[level])
+    if not SIMD_OK[want]:
+        raise RuntimeError(f"{SIMD_ENV}={want}: the target CPU lacks {_lacks(want)}")
+    return want
 
 
-#: The dense codebook path in use: ``"avx512"`` or ``"portable"``.
+#: The dense codebook path in use: ``"avx512"``, ``"avx2"`` or ``"portable"``.
 SIMD = _choose_simd()
 
 # Float flags of every kernel: reassociation (and contraction into FMAs) lets
@@ -453,8 +482,11 @@ _V16I = ir.VectorType(_I32, 16)
 _V16B = ir.VectorType(_I8, 16)
 _V32S = ir.VectorType(_I16, 32)
 _V64B = ir.VectorType(_I8, 64)
+_V8F = ir.VectorType(_F32, 8)
+_V16S = ir.VectorType(_I16, 16)
+_V32B = ir.VectorType(_I8, 32)
 
-NIBBLE_BLOCK = 32  # columns per 4-bit SIMD step: 16 code bytes
+NIBBLE_BLOCK = 32  # columns per 4-bit SIMD step (both levels): 16 code bytes
 BYTE_BLOCK = 64  # columns per 8-bit SIMD step: 64 code bytes
 _NIBBLE_ROWS = 4  # rows per 4-bit dot call (x loads shared)
 _BYTE_ROWS = 2  # rows per 8-bit dot call (16 zmm hold the byte planes)
@@ -551,6 +583,33 @@ def _unpack(builder, a, b, elem_bits, high):
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, n), mask))
 
 
+def _bytes_to_floats(builder, planes):
+    """Four vectors of byte planes 0..3 -> four float vectors in the lane order
+    of ``_plane_order`` (two rounds of in-lane unpacks)."""
+    n = planes[0].type.count
+    vs = ir.VectorType(_I16, n // 2)
+    vf = ir.VectorType(_F32, n // 4)
+    w01l = builder.bitcast(_unpack(builder, planes[0], planes[1], 8, False), vs)
+    w01h = builder.bitcast(_unpack(builder, planes[0], planes[1], 8, True), vs)
+    w23l = builder.bitcast(_unpack(builder, planes[2], planes[3], 8, False), vs)
+    w23h = builder.bitcast(_unpack(builder, planes[2], planes[3], 8, True), vs)
+    quads = [
+        _unpack(builder, w01l, w23l, 16, False),
+        _unpack(builder, w01l, w23l, 16, True),
+        _unpack(builder, w01h, w23h, 16, False),
+        _unpack(builder, w01h, w23h, 16, True),
+    ]
+    return [builder.bitcast(q, vf) for q in quads]
+
+
+def _plane_order(n: int) -> np.ndarray:
+    """Byte position (0..n-1) of each float lane that ``_bytes_to_floats``
+    makes of n-byte planes: vector q holds, per 128-bit lane L, positions
+    16 L + 4 q .. 16 L + 4 q + 3."""
+    q, lane, e = np.meshgrid(np.arange(4), np.arange(n // 16), np.arange(4), indexing="ij")
+    return (16 * lane + 4 * q + e).reshape(-1)
+
+
 def _byte_weights(builder, codes, offset, tabs):
     """64 weights of 64 code bytes, as 4 vectors in the lane order of ``_byte_order``."""
     perm = _fn(builder, "llvm.x86.avx512.vpermi2var.qi.512", _V64B, [_V64B, _V64B, _V64B])
@@ -561,28 +620,39 @@ def _byte_weights(builder, codes, offset, tabs):
         lo = builder.call(perm, [tabs[4 * p], c, tabs[4 * p + 1]])
         hi = builder.call(perm, [tabs[4 * p + 2], c, tabs[4 * p + 3]])
         planes.append(builder.select(high, hi, lo))
-    w01l = builder.bitcast(_unpack(builder, planes[0], planes[1], 8, False), _V32S)
-    w01h = builder.bitcast(_unpack(builder, planes[0], planes[1], 8, True), _V32S)
-    w23l = builder.bitcast(_unpack(builder, planes[2], planes[3], 8, False), _V32S)
-    w23h = builder.bitcast(_unpack(builder, planes[2], planes[3], 8, True), _V32S)
-    quads = [
-        _unpack(builder, w01l, w23l, 16, False),
-        _unpack(builder, w01l, w23l, 16, True),
-        _unpack(builder, w01h, w23h, 16, False),
-        _unpack(builder, w01h, w23h, 16, True),
-    ]
-    return [builder.bitcast(q, _V16F) for q in quads]
+    return _bytes_to_floats(builder, planes)
+
+
+def _nibble_weights_avx2(builder, codes, offset, tabs):
+    """32 weights of 16 code bytes (AVX2), as 4 x 8 floats in the lane order
+    of ``_nibble_order_avx2``: the low nibbles (even columns) fill the low
+    128-bit half of a 32-byte index vector, the high nibbles the high half,
+    and ``vpshufb`` looks each up in the 16-entry table of one byte plane of
+    the codebook (``tabs[p]``, the 16 bytes repeated in both halves)."""
+    shuf = _fn(builder, "llvm.x86.avx2.pshuf.b", _V32B, [_V32B, _V32B])
+    c = _vload(builder, codes, offset, _V16B, 1)
+    lo = builder.and_(c, _splat(_V16B, 15))
+    hi = builder.lshr(c, _splat(_V16B, 4))
+    idx = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(_I32, 32), list(range(32))))
+    return _bytes_to_floats(builder, [builder.call(shuf, [tabs[p], idx]) for p in range(4)])
 
 
 def _byte_order() -> np.ndarray:
     """Column (0..63) of each weight lane that ``_byte_weights`` produces."""
-    f, k, e = np.meshgrid(np.arange(4), np.arange(4), np.arange(4), indexing="ij")
-    return (16 * k + 4 * f + e).reshape(-1)
+    return _plane_order(64)
 
 
 def _nibble_order() -> np.ndarray:
     """Column (0..31) of each weight lane that ``_nibble_weights`` produces."""
     return np.concatenate([np.arange(0, 32, 2), np.arange(1, 32, 2)])
+
+
+def _nibble_order_avx2() -> np.ndarray:
+    """Column (0..31) of each weight lane that ``_nibble_weights_avx2`` produces:
+    index byte p < 16 is the low nibble of code byte p (column 2 p), p >= 16
+    the high nibble of byte p - 16 (column 2 (p - 16) + 1)."""
+    p = _plane_order(32)
+    return np.where(p < 16, 2 * p, 2 * (p - 16) + 1)
 
 
 def _byte_tables(builder, planes):
@@ -647,6 +717,74 @@ def _nibble_decode(typingctx, codes, base, nblk, codebook, tile, toff):
             o = builder.add(toff_, builder.mul(k, ir.Constant(_I64, 32)))
             _vstore(builder, lo, tp, o)
             _vstore(builder, hi, tp, builder.add(o, ir.Constant(_I64, 16)))
+            return state
+
+        _loop(builder, nblk_, [], body)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _nibble_tables(builder, planes):
+    # planes: 4 x 32 bytes, byte plane p of the 16 codebook floats twice.
+    p = builder.bitcast(planes, _V32B.as_pointer())
+    return [builder.load(builder.gep(p, [ir.Constant(_I64, t)]), align=1) for t in range(4)]
+
+
+@intrinsic
+def _nibble_dot_avx2(typingctx, codes, base, stride, nblk, planes, xq):
+    """As ``_nibble_dot`` with AVX2 lookups: 4 rows, x in ``_nibble_order_avx2``
+    per block, ``planes`` as ``_nibble_tables`` reads them."""
+    sig = types.UniTuple(types.float32, _NIBBLE_ROWS)(codes, base, stride, nblk, planes, xq)
+
+    def codegen(context, builder, signature, args):
+        codes_, base_, stride_, nblk_, planes_, xq_ = args
+        if not _AVX2_OK:
+            _trap(builder)
+            return context.make_tuple(builder, signature.return_type, [ir.Constant(_F32, 0.0)] * _NIBBLE_ROWS)
+        cp = _data(context, builder, signature.args[0], codes_)
+        tabs = _nibble_tables(builder, _data(context, builder, signature.args[4], planes_))
+        xp = _data(context, builder, signature.args[5], xq_)
+        fma = _fn(builder, "llvm.fma.v8f32", _V8F, [_V8F, _V8F, _V8F])
+
+        def body(k, accs):
+            xoff = builder.mul(k, ir.Constant(_I64, 32))
+            xs = [_vload(builder, xp, builder.add(xoff, ir.Constant(_I64, 8 * q)), _V8F, 4) for q in range(4)]
+            coff = builder.add(base_, builder.mul(k, ir.Constant(_I64, 16)))
+            new = []
+            for r in range(_NIBBLE_ROWS):
+                ws = _nibble_weights_avx2(builder, cp, builder.add(coff, builder.mul(stride_, ir.Constant(_I64, r))), tabs)
+                a = accs[r]
+                for q in range(4):
+                    a = builder.call(fma, [ws[q], xs[q], a])
+                new.append(a)
+            return new
+
+        accs = _loop(builder, nblk_, [ir.Constant(_V8F, None)] * _NIBBLE_ROWS, body)
+        return context.make_tuple(builder, signature.return_type, [_hsum(builder, a) for a in accs])
+
+    return sig, codegen
+
+
+@intrinsic
+def _nibble_decode_avx2(typingctx, codes, base, nblk, planes, tile, toff):
+    """As ``_nibble_decode`` with AVX2 lookups (``_nibble_order_avx2``)."""
+    sig = types.void(codes, base, nblk, planes, tile, toff)
+
+    def codegen(context, builder, signature, args):
+        codes_, base_, nblk_, planes_, tile_, toff_ = args
+        if not _AVX2_OK:
+            _trap(builder)
+            return context.get_dummy_value()
+        cp = _data(context, builder, signature.args[0], codes_)
+        tabs = _nibble_tables(builder, _data(context, builder, signature.args[3], planes_))
+        tp = _data(context, builder, signature.args[4], tile_)
+
+        def body(k, state):
+            ws = _nibble_weights_avx2(builder, cp, builder.add(base_, builder.mul(k, ir.Constant(_I64, 16))), tabs)
+            o = builder.add(toff_, builder.mul(k, ir.Constant(_I64, 32)))
+            for q in range(4):
+                _vstore(builder, ws[q], tp, builder.add(o, ir.Constant(_I64, 8 * q)))
             return state
 
         _loop(builder, nblk_, [], body)
@@ -728,6 +866,7 @@ BYTE = 1  # b = 8, scalar
 NIBBLE = 2  # b = 4 and even cols (rows start on a byte), scalar
 BYTE_AVX512 = 3
 NIBBLE_AVX512 = 4
+NIBBLE_AVX2 = 5
 
 GEMM_ROWS = 4  # rows decoded per tile
 GEMM_COLS = 1024  # columns per tile (a multiple of both SIMD blocks): 16 KB
@@ -775,15 +914,21 @@ def _codebook_gemv(buf, bits, kind, codebook, planes, xq, scales, bias, y):
     for g in nb.prange((rows + 3) // 4):
         i0 = g * 4
         n = min(4, rows - i0)
-        if kind == NIBBLE_AVX512:
+        if kind == NIBBLE_AVX512 or kind == NIBBLE_AVX2:
             nblk = cols // NIBBLE_BLOCK
             half = cols // 2
             if n == 4:
-                s = _nibble_dot(buf, i0 * half, half, nblk, codebook, xq)
+                if kind == NIBBLE_AVX512:
+                    s = _nibble_dot(buf, i0 * half, half, nblk, codebook, xq)
+                else:
+                    s = _nibble_dot_avx2(buf, i0 * half, half, nblk, planes, xq)
                 y[i0], y[i0 + 1], y[i0 + 2], y[i0 + 3] = s
             else:
                 for r in range(n):
-                    y[i0 + r] = _nibble_dot(buf, (i0 + r) * half, 0, nblk, codebook, xq)[0]
+                    if kind == NIBBLE_AVX512:
+                        y[i0 + r] = _nibble_dot(buf, (i0 + r) * half, 0, nblk, codebook, xq)[0]
+                    else:
+                        y[i0 + r] = _nibble_dot_avx2(buf, (i0 + r) * half, 0, nblk, planes, xq)[0]
             for r in range(n):
                 y[i0 + r] += _dot_generic(buf, 4, codebook, xq, i0 + r, nblk * NIBBLE_BLOCK, cols)
         elif kind == BYTE_AVX512:
@@ -813,6 +958,10 @@ def _decode_tile(buf, bits, kind, codebook, planes, i, cols, c0, c1, t):
     if kind == NIBBLE_AVX512:
         nblk = (c1 - c0) // NIBBLE_BLOCK
         _nibble_decode(buf, (i * cols + c0) // 2, nblk, codebook, t, 0)
+        j = c0 + nblk * NIBBLE_BLOCK
+    elif kind == NIBBLE_AVX2:
+        nblk = (c1 - c0) // NIBBLE_BLOCK
+        _nibble_decode_avx2(buf, (i * cols + c0) // 2, nblk, planes, t, 0)
         j = c0 + nblk * NIBBLE_BLOCK
     elif kind == BYTE_AVX512:
         nblk = (c1 - c0) // BYTE_BLOCK
@@ -1016,9 +1165,11 @@ def sparse_matmul(entries, n_entries, width, index_bits, pointers, codebook, sca
 
 def _codebook_kind(bits, cols, simd):
     if bits == 8:
-        return BYTE_AVX512 if simd and cols >= BYTE_BLOCK else BYTE
+        return BYTE_AVX512 if simd == "avx512" and cols >= BYTE_BLOCK else BYTE
     if bits == 4 and cols % 2 == 0:
-        return NIBBLE_AVX512 if simd and cols >= NIBBLE_BLOCK else NIBBLE
+        if cols >= NIBBLE_BLOCK and simd in ("avx512", "avx2"):
+            return NIBBLE_AVX512 if simd == "avx512" else NIBBLE_AVX2
+        return NIBBLE
     return GENERIC
 
 
@@ -1033,6 +1184,7 @@ def _permute_columns(x2, block, order):
 
 _BYTE_ORDER = _byte_order()
 _NIBBLE_ORDER = _nibble_order()
+_NIBBLE_ORDER_AVX2 = _nibble_order_avx2()
 
 
 def codebook_matmul(entries, bits, codebook, scales, bias, x, out, *, simd=None):
@@ -1041,8 +1193,8 @@ def codebook_matmul(entries, bits, codebook, scales, bias, x, out, *, simd=None)
     ``W[i, j] = scales[i] * codebook[code]`` with the code of element
     ``i * cols + j`` read from the LSB-first stream; W is never expanded (a
     batch > 1 decodes one 4 x 1024 tile at a time and reuses it for every
-    batch row).  8-bit and 4-bit codes have AVX-512 lookup paths (module
-    docstring); every width 1..8 has a portable path.
+    batch row).  8-bit and 4-bit codes have AVX-512 lookup paths, 4-bit codes
+    an AVX2 one (module docstring); every width 1..8 has a portable path.
 
     Args:
         entries: uint8 stream of ``rows * cols`` codes of ``bits`` bits.
@@ -1052,15 +1204,16 @@ def codebook_matmul(entries, bits, codebook, scales, bias, x, out, *, simd=None)
         bias: float32[rows], or None.
         x: C-contiguous float32 [batch, cols] (or [cols]).
         out: C-contiguous float32 [batch, rows] (or [rows]), overwritten.
-        simd: True / False to force the AVX-512 / portable path (True needs
-            ``SIMD == "avx512"``); None follows :data:`SIMD`.
+        simd: ``"avx512"``, ``"avx2"`` or ``"portable"`` to force a path
+            (the CPU must have it, see :data:`SIMD_OK`); None follows
+            :data:`SIMD`.
 
     Returns:
         ``out``.
 
     Raises:
-        ValueError: inconsistent shapes, dtypes or sizes, or ``simd=True``
-            without AVX-512.
+        ValueError: inconsistent shapes, dtypes or sizes, or a ``simd``
+            level the CPU lacks.
 
     Example:
         >>> c = f.read_compressed("fc.weight")                   # doctest: +SKIP
@@ -1079,15 +1232,17 @@ def codebook_matmul(entries, bits, codebook, scales, bias, x, out, *, simd=None)
     scales = _vector("scales", scales, rows)
     bias = _vector("bias", bias, rows)
     if simd is None:
-        simd = SIMD == "avx512"
-    elif simd and not _AVX512_OK:
-        raise ValueError(f"simd=True: the target CPU lacks {', '.join(sorted(_AVX512_FEATURES - _target_features()))}")
+        simd = SIMD
+    elif simd not in SIMD_OK:
+        raise ValueError(f"simd: expected None or one of {', '.join(_SIMD_BEST_FIRST)}; found {simd!r}")
+    elif not SIMD_OK[simd]:
+        raise ValueError(f"simd={simd!r}: the target CPU lacks {_lacks(simd)}")
     if batch == 0 or rows == 0:
         return out
     if cols == 0:
         _fill_bias(out2, bias)
         return out
-    kind = _codebook_kind(bits, cols, bool(simd))
+    kind = _codebook_kind(bits, cols, simd)
     planes = _NO_U8
     xq = x2
     if kind == BYTE_AVX512:
@@ -1096,6 +1251,10 @@ def codebook_matmul(entries, bits, codebook, scales, bias, x, out, *, simd=None)
         xq = _permute_columns(x2, BYTE_BLOCK, _BYTE_ORDER)
     elif kind == NIBBLE_AVX512:
         xq = _permute_columns(x2, NIBBLE_BLOCK, _NIBBLE_ORDER)
+    elif kind == NIBBLE_AVX2:
+        # Byte plane p of the 16 codebook floats, twice (one per 128-bit half).
+        planes = np.ascontiguousarray(np.tile(codebook.astype("<f4").view(np.uint8).reshape(16, 4).T, (1, 2))).reshape(-1)
+        xq = _permute_columns(x2, NIBBLE_BLOCK, _NIBBLE_ORDER_AVX2)
     with threads_for(rows * cols * batch):
         if batch == 1:
             _codebook_gemv(entries, bits, kind, codebook, planes, xq[0], scales, bias, out2[0])

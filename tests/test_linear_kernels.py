@@ -6,6 +6,8 @@ tolerance is relative to ``|x| @ |W|.T + |bias|`` (the scale of the terms
 summed), so cancellation in a sum does not make a correct result fail.
 """
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -16,8 +18,11 @@ from cmodel.kernels import linear
 
 RTOL = 1e-5
 ORDERS = ("row", "col")
-HAVE_SIMD = linear._AVX512_OK
-SIMD_MODES = [False, pytest.param(True, marks=pytest.mark.skipif(not HAVE_SIMD, reason="no AVX-512 (F, BW, VBMI) on this CPU"))]
+# Every dense codebook path: the SIMD levels this CPU lacks are skipped.
+SIMD_MODES = [
+    pytest.param(level, marks=pytest.mark.skipif(not linear.SIMD_OK[level], reason=f"this CPU lacks {level}"))
+    for level in ("portable", "avx2", "avx512")
+]
 
 # (index_bits r, code bits b) giving every entry width 2..16, plus the
 # extremes of r at width 8.
@@ -228,23 +233,46 @@ def test_codebook_large_tiles(tmp_path, bits, simd):
         check(c, inputs(rng, batch, cols), rng.standard_normal(rows, dtype=np.float32), simd=simd)
 
 
-@pytest.mark.skipif(not HAVE_SIMD, reason="no AVX-512 (F, BW, VBMI) on this CPU")
+@pytest.mark.parametrize("simd", SIMD_MODES[1:])
 @pytest.mark.parametrize("bits", [4, 8])
-def test_codebook_simd_and_portable_agree(tmp_path, bits):
+def test_codebook_simd_and_portable_agree(tmp_path, bits, simd):
     rng = np.random.default_rng(bits + 40)
     w = rng.standard_normal((37, 64 * 5 + 9), dtype=np.float32)
     c = encode(tmp_path, w, bits=bits)
     for batch in (1, 3):
         x = inputs(rng, batch, w.shape[1])
-        a = run(c, x, None, simd=True)
-        p = run(c, x, None, simd=False)
+        a = run(c, x, None, simd=simd)
+        p = run(c, x, None, simd="portable")
         ref, mag = reference(c, x, None)
         assert (np.abs(a - p) <= 2 * RTOL * mag).all()
 
 
 def test_codebook_simd_choice_is_published():
-    assert linear.SIMD in ("avx512", "portable")
-    assert linear.SIMD != "avx512" or HAVE_SIMD
+    assert linear.SIMD in ("avx512", "avx2", "portable")
+    assert linear.SIMD_OK[linear.SIMD]
+    # auto picks the best level the CPU has
+    best = next(level for level in ("avx512", "avx2", "portable") if linear.SIMD_OK[level])
+    assert linear.SIMD == best or os.environ.get(linear.SIMD_ENV, "auto") != "auto"
+
+
+def test_codebook_simd_level_checked(tmp_path):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 64), dtype=np.float32)
+    c = encode(tmp_path, w, bits=4)
+    x = inputs(rng, 1, 64)
+    with pytest.raises(ValueError, match="simd: expected None or one of avx512, avx2, portable; found 'sse'"):
+        run(c, x, None, simd="sse")
+    for level, ok in linear.SIMD_OK.items():
+        if not ok:
+            with pytest.raises(ValueError, match=f"simd={level!r}: the target CPU lacks"):
+                run(c, x, None, simd=level)
+
+
+def test_nibble_lane_orders_are_permutations():
+    # x is permuted per block to the lane order the lookups produce: each
+    # order must be a permutation of the block's columns.
+    for order, n in ((linear._NIBBLE_ORDER, 32), (linear._NIBBLE_ORDER_AVX2, 32), (linear._BYTE_ORDER, 64)):
+        assert sorted(order.tolist()) == list(range(n))
 
 
 # ------------------------------------------------------------------- arguments

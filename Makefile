@@ -16,7 +16,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[torch,dev]'
 	touch $(STAMP)
 
+# The demo trains on Fashion-MNIST from the Debian package dataset-fashion-mnist
+# (IDX files under /usr/share/datasets/fashion-mnist); install it when absent.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 demo: $(STAMP)
+	@test -d $(FASHION_MNIST) || { $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }
 	$(BIN)/cmz demo
 
 # Two invocations: NUMBA_ENABLE_CUDASIM must be set before numba is imported,

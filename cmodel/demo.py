@@ -67,9 +67,9 @@ LENET300_FULL = Config(
     bits={"ip1.weight": 6, "ip2.weight": 6, "ip3.weight": 6}, quant_epochs=2,
 )
 LENET5_FULL = Config(
-    model="lenet5", epochs=10,
-    prune={"conv1.weight": 0.34, "conv2.weight": 0.88, "ip1.weight": 0.92, "ip2.weight": 0.81}, prune_steps=3, retrain_epochs=2,
-    bits={"conv1.weight": 8, "conv2.weight": 8, "ip1.weight": 4, "ip2.weight": 4}, quant_epochs=2,
+    model="lenet5", epochs=5, batch_size=128, lr=0.01,
+    prune={"conv1.weight": 0.34, "conv2.weight": 0.88, "ip1.weight": 0.92, "ip2.weight": 0.81}, prune_steps=2, retrain_epochs=2,
+    bits={"conv1.weight": 8, "conv2.weight": 8, "ip1.weight": 4, "ip2.weight": 4}, quant_epochs=1,
 )
 LENET300_DEMO = Config(
     model="lenet300", epochs=3,
@@ -188,9 +188,12 @@ def _train(model, data, opt, epochs, cfg, gen, label, lr_decay=True):
         T.train_epoch(model, xtr, ytr, opt, cfg.batch_size, gen, label=f"{label} epoch {e + 1}/{epochs}")
 
 
-def deep_compression(cfg: Config, out_dir: str, log=print, data=None, threads: int | None = None, speed: bool = True) -> dict:
+def deep_compression(cfg: Config, out_dir: str, log=print, data=None, threads: int | None = None, speed: bool = True,
+                     sensitivity: list[float] | None = None) -> dict:
     """Run the whole pipeline; write ``<model>.cmz`` and ``<model>.json`` in
-    ``out_dir``; return the results (also in the JSON)."""
+    ``out_dir``; return the results (also in the JSON).  With
+    ``sensitivity`` (a list of sparsities) the baseline's per-layer
+    sensitivity is swept first (``sensitivity.csv``/``.png`` in ``out_dir``)."""
     import torch
 
     from . import load_file, train as T
@@ -212,6 +215,18 @@ def deep_compression(cfg: Config, out_dir: str, log=print, data=None, threads: i
     res["baseline_accuracy"] = acc(model)
     baseline_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     log(f"baseline {cfg.model}: test accuracy {res['baseline_accuracy']:.2f}%")
+    if sensitivity:
+        layers = [n for n, q in model.named_parameters() if q.ndim > 1]
+        bar = T.Progress(len(layers) * len(sensitivity), "sensitivity sweep")
+
+        def eval_fn(m):
+            bar.update(1)
+            return acc(m)
+
+        res["sensitivity"] = T.sensitivity(model, eval_fn, layers, sensitivity, os.path.join(out_dir, "sensitivity.csv"), os.path.join(out_dir, "sensitivity.png"))
+        bar.close()
+        for name in layers:
+            log(f"sensitivity {name:<13} " + "  ".join(f"{100 * r['sparsity']:.0f}%:{r['accuracy']:.2f}" for r in res["sensitivity"] if r["layer"] == name))
 
     def retrain(masks, i):
         opt = _sgd(model.parameters(), cfg.retrain_lr, cfg)
@@ -270,6 +285,17 @@ def deep_compression(cfg: Config, out_dir: str, log=print, data=None, threads: i
     return res
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def measure_speed(session, model, x: np.ndarray, threads: int | None, batches=(1, 256), repeats: int = 15) -> dict:
     """Runtime (cpu backend on the ``.cmz``) against PyTorch eager on the
     decoded dense weights: interleaved rounds, medians, the same thread
@@ -282,7 +308,7 @@ def measure_speed(session, model, x: np.ndarray, threads: int | None, batches=(1
     if threads:
         numba.set_num_threads(threads)
         torch.set_num_threads(threads)
-    out = {"numba_threads": numba.get_num_threads(), "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+    out = {"numba_threads": numba.get_num_threads(), "torch_threads": torch.get_num_threads(), "machine": _cpu_name()}
     for b in batches:
         xb = np.ascontiguousarray(x[:b])
         tb = torch.from_numpy(xb)

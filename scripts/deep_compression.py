@@ -7,8 +7,8 @@ Needs the Debian package dataset-fashion-mnist (apt-get install -y
 dataset-fashion-mnist) and the torch extra.  Trains the baseline, prunes
 iteratively with masked retraining, trained quantisation, Huffman, then runs
 the .cmz through the runtime (cpu backend); prints the paper-style table and
-writes <out>/<model>.cmz and <out>/<model>.json.  --sensitivity also writes
-the per-layer sensitivity sweep of the baseline (CSV, and PNG with matplotlib).
+writes <out>/<model>.cmz and <out>/<model>.json.  --sensitivity also sweeps
+the baseline's per-layer sensitivity (sensitivity.csv, and .png with matplotlib).
 Override any Config field with --set key=value (JSON values), e.g.
 --set 'prune={"ip1.weight": 0.95}'.
 """
@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/numba start 
 
 
 def main(argv=None) -> int:
-    from cmodel import demo, train as T
+    from cmodel import demo
 
     configs = {"lenet300": demo.LENET300_FULL, "lenet5": demo.LENET5_FULL}
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -42,21 +42,8 @@ def main(argv=None) -> int:
         setattr(cfg, k, json.loads(v))
     out = a.out or os.path.join("out", a.model)
     os.makedirs(out, exist_ok=True)
-    data = demo.load_data(cfg)
-    if a.sensitivity:
-        import torch
-
-        torch.manual_seed(cfg.seed)
-        model = demo.build_model(cfg.model)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        demo._train(model, data, demo._sgd(model.parameters(), cfg.lr, cfg), cfg.epochs, cfg, gen, "sensitivity baseline")
-        xte, yte = data[2], data[3]
-        layers = [n for n, q in model.named_parameters() if q.ndim > 1]
-        rows = T.sensitivity(model, lambda m: T.accuracy(m, xte, yte), layers, [0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97],
-                             csv_path=os.path.join(out, "sensitivity.csv"), png_path=os.path.join(out, "sensitivity.png"))
-        for r in rows:
-            print(f"sensitivity {r['layer']:<14} pruned {100 * r['sparsity']:5.1f}%  accuracy {r['accuracy']:.2f}%")
-    res = demo.deep_compression(cfg, out, data=data, threads=a.threads)
+    sweep = [0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97] if a.sensitivity else None
+    res = demo.deep_compression(cfg, out, threads=a.threads, sensitivity=sweep)
     print()
     print(res["table"])
     print()

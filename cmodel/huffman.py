@@ -28,6 +28,7 @@ bad chunk data per chunk; every problem raises :class:`CmzError` with check
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -326,6 +327,48 @@ def _decode(stream, offsets, lengths, n_symbols, chunk_symbols, threads, paralle
     one thread or one group of chunks), True/False forces it (benchmarks)."""
     if threads is not None and not (isinstance(threads, (int, np.integer)) and 1 <= threads <= numba.config.NUMBA_NUM_THREADS):
         raise CmzError("input", f"threads: expected 1..{numba.config.NUMBA_NUM_THREADS}; found {threads!r}")
+    v = _check_stream(stream, offsets, lengths, n_symbols, chunk_symbols)
+    if v.n == 0:
+        return np.zeros(0, np.uint8)
+    if v.used.size == 1:
+        return _decode_one_symbol(v.buf, v.offsets, v.counts, int(v.used[0]))
+    buf, off, a, n, chunk, n_chunks = v.buf, v.offsets, v.lengths, v.n, v.chunk, v.n_chunks
+    single, multi = _decode_tables(a.tobytes())
+    out = np.empty(n, np.uint8)
+    status = np.zeros(n_chunks, np.uint8)
+    args = (buf, off, multi, single, np.uint64(chunk), out, status)
+    before = numba.get_num_threads()
+    if parallel is None:
+        parallel = (threads or before) > 1 and n_chunks > _k.LANES
+    if not parallel:
+        _k.decode_chunks_serial(*args)
+    else:
+        numba.set_num_threads(threads or before)
+        try:
+            _k.decode_chunks(*args)
+        finally:
+            numba.set_num_threads(before)
+    _check_status(status, v.counts, v.nbytes)
+    return out
+
+
+class _Checked(NamedTuple):
+    """A stream that passed :func:`_check_stream`."""
+
+    buf: np.ndarray  # read-only uint8 stream
+    offsets: np.ndarray  # uint64[n_chunks + 1]
+    lengths: np.ndarray  # uint8, the valid table
+    used: np.ndarray  # the symbols with a code
+    n: int  # symbols
+    chunk: int  # symbols per chunk
+    n_chunks: int
+    counts: np.ndarray  # uint64 symbols per chunk
+    nbytes: np.ndarray  # uint64 bytes per chunk
+
+
+def _check_stream(stream, offsets, lengths, n_symbols, chunk_symbols) -> _Checked:
+    """Every check :func:`decode` makes before decoding (shared with the CUDA
+    decoder, ``cmodel.kernels.cuda.huffman``); raises CmzError ``"data"``."""
     if isinstance(stream, np.ndarray):
         if stream.dtype != np.uint8 or stream.ndim != 1:
             raise CmzError("data", f"stream: expected a 1-D uint8 array; found {stream.ndim}-D {stream.dtype}")
@@ -360,31 +403,15 @@ def _decode(stream, offsets, lengths, n_symbols, chunk_symbols, threads, paralle
     if over.size:
         i = int(over[0])
         raise CmzError("data", f"chunk {i}: expected at most 8 symbols per byte ({8 * int(nbytes[i])} for {int(nbytes[i])} bytes); found {int(counts[i])} symbols")
-    used = np.flatnonzero(a)
-    if n == 0:
-        return np.zeros(0, np.uint8)
-    if used.size == 1:
-        return _decode_one_symbol(buf, off, counts, int(used[0]))
-    single, multi = _decode_tables(a.tobytes())
-    out = np.empty(n, np.uint8)
-    status = np.zeros(n_chunks, np.uint8)
-    args = (buf, off, multi, single, np.uint64(chunk), out, status)
-    before = numba.get_num_threads()
-    if parallel is None:
-        parallel = (threads or before) > 1 and n_chunks > _k.LANES
-    if not parallel:
-        _k.decode_chunks_serial(*args)
-    else:
-        numba.set_num_threads(threads or before)
-        try:
-            _k.decode_chunks(*args)
-        finally:
-            numba.set_num_threads(before)
+    return _Checked(buf, off, a, np.flatnonzero(a), n, chunk, n_chunks, counts, nbytes)
+
+
+def _check_status(status: np.ndarray, counts: np.ndarray, nbytes: np.ndarray) -> None:
+    """Raise CmzError ``"data"`` for the first chunk whose decode status is not OK."""
     bad = np.flatnonzero(status)
     if bad.size:
         i = int(bad[0])
         raise CmzError("data", f"chunk {i}: expected {int(counts[i])} codes filling its {int(nbytes[i])} bytes up to zero padding; found {_STATUS_TEXT[int(status[i])]}")
-    return out
 
 
 def _decode_one_symbol(buf: np.ndarray, off: np.ndarray, counts: np.ndarray, symbol: int) -> np.ndarray:

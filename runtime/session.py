@@ -71,6 +71,9 @@ class NumpyBackend:
             Kernels must not write to their inputs.
         keep(obj): call on every weight object a kernel holds, so that
             :meth:`weight_bytes` counts it.
+        accept_input(x) / finish_outputs(ys, xs): how ``run`` takes its
+            inputs and returns its outputs (a device backend takes device
+            arrays and copies its outputs back); see their docstrings.
     """
 
     name = "numpy"
@@ -104,6 +107,27 @@ class NumpyBackend:
 
     def weight_bytes(self) -> int:
         return sum(_nbytes(o) for o in self._held.values())
+
+    # -- run inputs and outputs ------------------------------------------------
+
+    # What ``accept_input`` takes, for the Session's error message.
+    input_kind = "a numpy array"
+
+    def accept_input(self, x):
+        """One run input as the array the kernels take (Session then checks
+        its dtype and shape), or None when the backend cannot take it."""
+        return x if isinstance(x, np.ndarray) else None
+
+    def finish_outputs(self, ys: list, xs: list) -> list:
+        """The graph outputs as ``run`` returns them: C-contiguous float32
+        arrays, none sharing memory with an input or another output."""
+        out = []
+        for y in ys:
+            y = np.ascontiguousarray(y, dtype=np.float32)
+            if any(np.may_share_memory(y, x) for x in xs) or any(y is o for o in out):
+                y = y.copy()
+            out.append(y)
+        return out
 
     def _param(self, params, role):
         return self.keep(self.dense(params[role])) if role in params else None
@@ -213,10 +237,17 @@ def _cpu():
     return CpuBackend()
 
 
+def _cuda():
+    from .cuda import CudaBackend  # numba-cuda only when asked for; raises CmzError without a GPU
+
+    return CudaBackend()
+
+
 # Backend name → factory.  The one place backends are chosen (STYLE: "backends
 # chosen in one place, the choice published, unknown values fail loudly").
 BACKENDS: dict[str, Callable[[], NumpyBackend]] = {
     "cpu": _cpu,
+    "cuda": _cuda,
     "numpy": NumpyBackend,
 }
 
@@ -237,9 +268,12 @@ class Session:
 
     Args:
         path: the file.
-        backend: ``'numpy'`` (reference: dense weights) or ``'cpu'`` (Numba
-            kernels on the compressed weights); published as
+        backend: ``'numpy'`` (reference: dense weights), ``'cpu'`` (Numba
+            kernels on the compressed weights) or ``'cuda'`` (Numba CUDA
+            kernels, :mod:`cmodel.runtime.cuda`); published as
             ``session.backend``.
+        device_outputs: (``'cuda'`` only) ``run`` returns numba device
+            arrays instead of numpy arrays.
 
     Raises:
         CmzError: the file fails a check of spec §7, including ``graph``
@@ -252,8 +286,12 @@ class Session:
         ...     (logits,) = s.run(np.zeros((4, 1, 28, 28), np.float32))
     """
 
-    def __init__(self, path: str | os.PathLike, backend: str = DEFAULT_BACKEND):
+    def __init__(self, path: str | os.PathLike, backend: str = DEFAULT_BACKEND, *, device_outputs: bool = False):
         impl = make_backend(backend)
+        if device_outputs:
+            if not hasattr(impl, "device_outputs"):
+                raise CmzError("input", f"device_outputs: expected False for backend {impl.name!r} (only a device backend returns device arrays); found {device_outputs!r}")
+            impl.device_outputs = True
         self.backend: str = impl.name
         self._impl = impl
         self.path = os.fspath(path)
@@ -342,8 +380,8 @@ class Session:
 
     def _check_inputs(self, inputs) -> list[np.ndarray]:
         specs = self.graph.inputs
-        if isinstance(inputs, np.ndarray):
-            inputs = [inputs]
+        if isinstance(inputs, np.ndarray) or hasattr(inputs, "__cuda_array_interface__") or getattr(inputs, "__cuda_ndarray__", False):
+            inputs = [inputs]  # one array (a CUDA array too: the backend decides whether it takes it)
         elif isinstance(inputs, Mapping):
             names = [v.name for v in specs]
             extra = sorted(k for k in inputs if k not in names)
@@ -356,10 +394,13 @@ class Session:
         if len(inputs) != len(specs):
             raise CmzError("input", f"inputs: expected {len(specs)} array(s), one per graph input {[v.name for v in specs]}; found {len(inputs)}")
         batch = None
+        checked = []
         for x, v in zip(inputs, specs):
             want = "[N, " + ", ".join(map(str, v.shape[1:])) + "]" if len(v.shape) > 1 else "[N]"
-            if not isinstance(x, np.ndarray):
-                raise CmzError("input", f"input {v.name!r}: expected a numpy array of shape {want} (any N ≥ 1), float32; found {type(x).__name__}")
+            a = self._impl.accept_input(x)
+            if a is None:
+                raise CmzError("input", f"input {v.name!r}: expected {self._impl.input_kind} of shape {want} (any N ≥ 1), float32; found {type(x).__name__}")
+            x = a
             if x.dtype != np.float32:
                 raise CmzError("input", f"input {v.name!r}: expected dtype float32; found {x.dtype}")
             if x.ndim != len(v.shape) or tuple(x.shape[1:]) != tuple(v.shape[1:]) or x.shape[0] < 1:
@@ -367,7 +408,8 @@ class Session:
             if batch is not None and x.shape[0] != batch:
                 raise CmzError("input", f"input {v.name!r}: expected the batch size {batch} of the first input; found {x.shape[0]}")
             batch = x.shape[0]
-        return list(inputs)
+            checked.append(x)
+        return checked
 
     def run(self, inputs) -> list[np.ndarray]:
         """Run the graph.
@@ -397,13 +439,7 @@ class Session:
                 vals[s] = r
             for s in free:
                 vals[s] = None
-        out = []
-        for s in self._out_slots:
-            y = np.ascontiguousarray(vals[s], dtype=np.float32)
-            if any(np.may_share_memory(y, x) for x in xs) or any(y is o for o in out):
-                y = y.copy()
-            out.append(y)
-        return out
+        return self._impl.finish_outputs([vals[s] for s in self._out_slots], xs)
 
     def close(self) -> None:
         """Release the file (the mapping is unmapped once no array views it)."""

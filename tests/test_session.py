@@ -106,14 +106,28 @@ def test_backend_published_and_chosen_in_one_place(small):
         assert s.backend == "cpu" == DEFAULT_BACKEND
     with Session(small, backend="numpy") as s:
         assert s.backend == "numpy"
-    assert set(BACKENDS) == {"cpu", "numpy"}
+    assert set(BACKENDS) == {"cpu", "cuda", "numpy"}
 
 
-@pytest.mark.parametrize("backend, fragment", [("gpu", "backend: expected one of ['cpu', 'numpy']; found 'gpu'"), (None, "found None")])
+@pytest.mark.parametrize("backend, fragment", [("gpu", "backend: expected one of ['cpu', 'cuda', 'numpy']; found 'gpu'"), (None, "found None")])
 def test_unknown_backend(small, backend, fragment):
     with pytest.raises(cmodel.CmzError) as e:
         Session(small, backend=backend)
     assert e.value.check == "input" and fragment in str(e.value)
+
+
+def test_cuda_backend_without_a_gpu_fails_clearly(small):
+    """No GPU here (the simulator tests run the cuda backend): asking for it
+    is a clear CmzError at load, and device_outputs is refused elsewhere."""
+    from numba import cuda
+
+    if cuda.is_available():  # pragma: no cover - a machine with a GPU
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(cmodel.CmzError, match="backend 'cuda': expected a CUDA device") as e:
+        Session(small, backend="cuda")
+    assert e.value.check == "input"
+    with pytest.raises(cmodel.CmzError, match="device_outputs: expected False for backend 'cpu'"):
+        Session(small, backend="cpu", device_outputs=True)
 
 
 def test_every_op_has_a_numpy_kernel():

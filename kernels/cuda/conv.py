@@ -15,9 +15,10 @@ at most ``MAX_THREADS``):
   convolution on the packed row-order entries (spec §6.3, §6.4).  Grid
   ``(ceil(OH*OW / T), K, N)``: a block per (tile of T output pixels, output
   channel k, image n), one output pixel per thread.  The block walks row k's
-  entries T at a time: each thread decodes one entry, a block-wide prefix sum
-  of ``delta + 1`` gives every entry's row position ``(c, r, s)``, and the
-  chunk (codebook value, input-plane offset, ``r*dh``, ``s*dw``) goes to
+  entries T at a time: each thread decodes one entry, then sums the chunk's
+  ``delta + 1`` up to its entry (a prefix sum by broadcast reads of shared
+  memory, O(T) like the tap loop, without the barriers of a log-step scan),
+  which gives the entry's row position ``(c, r, s)``; the chunk (codebook value, input-plane offset, ``r*dh``, ``s*dw``) goes to
   shared memory; then every thread adds the chunk's taps to its pixel.
   Fillers (code 0) are marked so the bounds test skips them.  The weight is
   never expanded; each entry is decoded once per block.
@@ -120,15 +121,17 @@ def _sparse_conv_kernel(entries, width, index_bits, pointers, codebook, scales, 
             code = f >> index_bits
         s_scan[t] = step
         cuda.syncthreads()
-        # Inclusive prefix sum of the entries' covered lengths (Hillis-Steele).
-        off = 1
-        while off < nt:
-            v = s_scan[t - off] if t >= off else 0
-            cuda.syncthreads()
-            s_scan[t] += v
-            cuda.syncthreads()
-            off *= 2
-        pos = carry + s_scan[t] - 1
+        # Each thread sums the chunk's covered lengths itself: up to its own
+        # entry (its position) and over the whole chunk (the next carry).
+        # Broadcast reads of shared memory, O(T) per thread like the tap loop
+        # below, and no barrier per step, unlike a log-step scan.
+        upto = np.int64(0)
+        total = np.int64(0)
+        for j in range(nt):
+            total += s_scan[j]
+            if j == t:
+                upto = total
+        pos = carry + upto - 1
         if code != 0:
             c = pos // RS
             rs = pos - c * RS
@@ -142,7 +145,7 @@ def _sparse_conv_kernel(entries, width, index_bits, pointers, codebook, scales, 
             s_off[t] = 0
             s_dy[t] = _SKIP
             s_dx[t] = 0
-        carry += s_scan[nt - 1]
+        carry += total
         cuda.syncthreads()
         if valid:
             m = min(nt, e1 - base)

@@ -14,7 +14,6 @@ Run the standard suite with ``python -m cmodel.bench_conv [repeats [threads]]``.
 from __future__ import annotations
 
 import os
-import resource
 import tempfile
 import time
 
@@ -22,15 +21,11 @@ import numba
 import numpy as np
 
 from .bench_decode import _machine
+from .benchutil import interleave
 from .errors import CmzError
 from .kernels import conv as _conv
 
 KINDS = ("sparse", "codebook", "dense")
-
-
-def _cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def _weights(kind, cout, cin_g, k, sparsity, bits, index_bits, seed):
@@ -74,22 +69,6 @@ def _numpy_im2col(x, w, stride, pad):
         cols = win[i].transpose(0, 3, 4, 1, 2).reshape(c * r * s, oh * ow)
         np.matmul(w2, cols, out=out[i].reshape(k_out, oh * ow))
     return out
-
-
-def _interleave(candidates, repeats, pause_s):
-    """Medians and CPU seconds of A B C A B C ... rounds, sleeping pause_s
-    before each call."""
-    times = {name: [] for name, _ in candidates}
-    cpu = dict.fromkeys(times, 0.0)
-    for _ in range(repeats):
-        for name, fn in candidates:
-            time.sleep(pause_s)
-            c0 = _cpu_seconds()
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-            cpu[name] += _cpu_seconds() - c0
-    return {name: float(np.median(t)) for name, t in times.items()}, {name: cpu[name] / sum(times[name]) for name in times}
 
 
 def bench_conv(kind: str, cin: int, cout: int, hw: int, k: int, sparsity: float, bits: int, index_bits: int,
@@ -210,7 +189,7 @@ def bench_conv(kind: str, cin: int, cout: int, hw: int, k: int, sparsity: float,
             compile_s[name] = time.perf_counter() - start
             outs[name] = out.numpy() if hasattr(out, "numpy") else out
         check = ref if ref is not None else outs.get("numpy im2col + matmul")
-        med, busy = _interleave(candidates, repeats, pause)
+        med, busy = interleave(candidates, repeats, timed=1, settle_s=pause)
         torch_s = med.get("torch conv2d, dense weight")
         for name, _ in candidates:
             rows.append({

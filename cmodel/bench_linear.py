@@ -4,7 +4,8 @@ against dense and sparse baselines measured in the same run.
 The weights are built with the real encoder (``save_file`` with a packed
 rule, then ``read_compressed``), so the kernels run on the packed data a
 user's file holds, memory-mapped.  Times are medians of interleaved rounds
-(A B C A B C ..., each a short burst after a pause, see ``BURST``), so load
+(A B C A B C ..., each a short burst after a pause and a warm-up, see
+``cmodel.benchutil``), so load
 from other processes on a shared machine hits every candidate alike; each row gives its speed as a ratio to numpy's dense
 float32 GEMV (and to scipy's CSR for sparse weights), the thread counts, and
 the machine.  The first call of each candidate is timed apart as
@@ -25,6 +26,7 @@ import numba
 import numpy as np
 
 from .bench_decode import _machine
+from .benchutil import interleave
 from .errors import CmzError
 from .kernels import linear
 
@@ -114,17 +116,11 @@ def _threads(n: int | None):
             torch.set_num_threads(saved[2])
 
 
-# Each round runs every candidate BURST times back to back and keeps the
-# calls after the first DISCARD.  Before each burst the process sleeps
-# SETTLE_S: thread pools that just ran keep spinning for a while (OpenBLAS
-# workers sched_yield for up to ~0.1 s, libgomp spins), and on a 2-CPU
-# machine a spinning pool of one library stalls the next library's parallel
-# regions by whole scheduler ticks (4 ms).  Sleeping first lets them go idle;
-# the discarded calls pay for waking one's own pool, which a layer-by-layer
-# inference loop does not.
-BURST = 10
-DISCARD = 5
+# Each round: sleep SETTLE_S (other libraries' pools go idle), WARM_S of
+# untimed calls, then TIMED timed calls per candidate; see cmodel.benchutil.
 SETTLE_S = 0.15
+WARM_S = 0.1
+TIMED = 5
 
 
 def _run(candidates, ref, mag, repeats):
@@ -137,17 +133,7 @@ def _run(candidates, ref, mag, repeats):
         err = float(np.max(np.abs(y - ref) / (mag + 1e-30), initial=0.0))
         if not err <= 1e-4:
             raise RuntimeError(f"{name}: result differs from the float64 reference by {err:.3g} (relative to |x| @ |W|.T)")
-    times = {name: [] for name, _ in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates:
-            time.sleep(SETTLE_S)
-            for b in range(BURST):
-                start = time.perf_counter()
-                fn()
-                t = time.perf_counter() - start
-                if b >= DISCARD:
-                    times[name].append(t)
-    med = {name: float(np.median(t)) for name, t in times.items()}
+    med, _ = interleave(candidates, repeats, timed=TIMED, settle_s=SETTLE_S, warm_s=WARM_S)
     return med, {name: max(first[name] - med[name], 0.0) for name in first}
 
 

@@ -15,12 +15,12 @@ separately.
 from __future__ import annotations
 
 import os
-import statistics
 import time
 
 import numpy as np
 
 from . import open as cmz_open
+from .benchutil import interleave
 
 
 def _torch():
@@ -42,19 +42,11 @@ def _scipy_sparse():
 
 def _time_interleaved(fns: dict, repeats: int, inner: int = 3) -> dict:
     """Rounds of A B C …; in each round a contender gets one untimed call and
-    then ``inner`` timed ones.  The untimed call absorbs what the previous
-    contender leaves behind: OpenBLAS and OpenMP worker threads keep spinning
-    for a while after a call and, on 2 cores, slow the next library's threads
-    by 10× or more."""
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            fn()
-            for _ in range(inner):
-                t = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    then ``inner`` timed ones (``cmodel.benchutil.interleave``).  The untimed
+    call absorbs what the previous contender leaves behind: OpenBLAS and
+    OpenMP worker threads keep spinning for a while after a call and, on 2
+    cores, slow the next library's threads by 10× or more."""
+    return interleave(fns, repeats, timed=inner)[0]
 
 
 def _im2col(x: np.ndarray, kh, kw, stride, padding, dilation) -> np.ndarray:

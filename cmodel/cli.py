@@ -374,6 +374,11 @@ def _cmd_bench_model(a) -> int:
     # 10x or more, which would measure the interference, not the kernels.
     # Set before either runtime starts (both start lazily).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if a.backend == "cuda":
+        from .bench_cuda import bench_model_cuda, format_result as format_cuda
+
+        print(format_cuda(bench_model_cuda(a.file, batch=a.batch, repeats=a.repeats, whole=a.whole)))
+        return EXIT_OK
     from .bench_model import bench_model, format_result
 
     print(format_result(bench_model(a.file, batch=a.batch, repeats=a.repeats, threads=a.threads, whole=a.whole)))
@@ -420,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("--input", action="append", required=True, metavar="X.npy", help="one .npy per graph input, in order (float arrays are cast to float32)")
     s.add_argument("--output", metavar="Y.npy", help="write the output (.npy), or all outputs by name (.npz)")
-    s.add_argument("--backend", choices=("cpu", "numpy"), help="cpu: kernels on the compressed weights; numpy: the dense reference (default: the runtime's default)")
+    s.add_argument("--backend", choices=("cpu", "cuda", "numpy"), help="cpu: kernels on the compressed weights; cuda: the same on an NVIDIA GPU (the cuda extra); numpy: the dense reference (default: the runtime's default)")
     s.set_defaults(func=_cmd_run)
     s = sub.add_parser("decompress", help="write the decoded dense tensors to .safetensors, .npz or .pt")
     s.add_argument("file")
@@ -448,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("file")
         b.add_argument("--batch", type=int, default=1)
         b.add_argument("--repeats", type=int, default=10)
-        b.add_argument("--threads", type=int, default=None, help="Numba and torch threads (default: Numba's)")
+        b.add_argument("--threads", type=int, default=None, help="Numba and torch threads (default: Numba's; cpu backend)")
+        b.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
+                       help="cpu (default), or cuda: the GPU kernels against torch CUDA dense and CSR, with device synchronisation around every timing")
         b.set_defaults(func=_cmd_bench_model, whole=(what == "model"))
     s = sub.add_parser("demo", help="the main job: Deep Compression of LeNet-300-100 on Fashion-MNIST (train, prune, quantise, Huffman, run the .cmz; needs torch)")
     s.add_argument("--out", default="out", help="directory for the files it writes (default: out)")

@@ -174,3 +174,16 @@ def test_run_script(lenet, tmp_path):
     r = subprocess.run([str(CMZ), "run", str(lenet), "--input", str(tmp_path / "x.npy"), "--backend", "numpy"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "output 'ip2': shape [2, 10] float32" in r.stdout
+
+
+@pytest.mark.parametrize("argv", [("bench", "kernels"), ("bench", "model"), ("run",)])
+def test_cuda_backend_without_a_gpu(lenet, tmp_path, capsys, argv):
+    """No GPU here: ``--backend cuda`` fails at once with the backend's error."""
+    from numba import cuda
+
+    if cuda.is_available():  # pragma: no cover - a machine with a GPU
+        pytest.skip("a CUDA device is present")
+    extra = ["--input", str(tmp_path / "x.npy")] if argv == ("run",) else []
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.float32))
+    rc, out, err = run(capsys, *argv, str(lenet), "--backend", "cuda", *extra)
+    assert rc == 1 and "backend 'cuda': expected a CUDA device" in one_error_line(err) and "[check: input]" in err

@@ -132,3 +132,17 @@ def test_bad_inputs(tmp_path):
             s.run(np.zeros((1,) + shape))
         with pytest.raises(cmodel.CmzError, match=r"expected shape \[N, 1, 16, 16\]"):
             s.run(cuda.to_device(np.zeros((1, 1, 8, 8), np.float32)))
+
+
+def test_bench_kernels_runs_on_the_backend(tmp_path, capsys):
+    """``cmz bench kernels FILE --backend cuda`` end to end (simulator: the
+    times mean nothing; the flow, the synchronised contenders and the report
+    are what is checked).  ``bench model`` adds the cpu session, whose Numba
+    compilation would dominate this test."""
+    from cmodel.cli import main
+
+    path, _, _ = compressed(tmp_path, "lenet5", DEFAULT)
+    assert main(["bench", "kernels", str(path), "--backend", "cuda", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "backend cuda on the Numba CUDA simulator" in out and "CUDA JIT compile" in out
+    assert out.count("conv2d ") == 2 and out.count("linear ") == 2 and "whole model" not in out

@@ -208,3 +208,14 @@ def test_kernel_has_a_cuda_twin(mod, name):
         assert not missing, f"{mod}.{name} launches {missing}, not in PTX_KERNELS"
     tested = _sim_calls().get(mod, set())
     assert name in tested, f"expected a simulator test in tests/cuda_sim calling {CUDA_PKG}.{mod}.{name}; found none"
+
+
+def test_cuda_backend_prepares_every_op():
+    """Every graph op has its own device kernel in the cuda backend (an
+    inherited numpy one would be handed device arrays); importing the
+    backend needs no GPU."""
+    from cmodel.runtime import OPS
+    from cmodel.runtime.cuda import CudaBackend
+
+    missing = sorted(op for op in OPS if "prepare_" + op not in CudaBackend.__dict__)
+    assert not missing, f"ops without a cuda kernel: {missing}"

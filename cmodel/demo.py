@@ -63,13 +63,17 @@ class Config:
 # sensitivity sweep on Fashion-MNIST (scripts/*.py --sensitivity).
 LENET300_FULL = Config(
     model="lenet300", epochs=12,
-    prune={"ip1.weight": 0.93, "ip2.weight": 0.91, "ip3.weight": 0.74}, prune_steps=3, retrain_epochs=3,
-    bits={"ip1.weight": 6, "ip2.weight": 6, "ip3.weight": 6}, quant_epochs=2,
+    prune={"ip1.weight": 0.935, "ip2.weight": 0.92, "ip3.weight": 0.74}, prune_steps=3, retrain_epochs=4, retrain_lr=0.02,
+    bits={"ip1.weight": {"bits": 5, "codebook_dtype": "float16"}, "ip2.weight": {"bits": 5, "codebook_dtype": "float16"},
+          "ip3.weight": {"bits": 6, "codebook_dtype": "float16"}},
+    quant_epochs=3,
 )
 LENET5_FULL = Config(
     model="lenet5", epochs=5, batch_size=128, lr=0.01,
-    prune={"conv1.weight": 0.34, "conv2.weight": 0.88, "ip1.weight": 0.92, "ip2.weight": 0.81}, prune_steps=2, retrain_epochs=2,
-    bits={"conv1.weight": 8, "conv2.weight": 8, "ip1.weight": 4, "ip2.weight": 4}, quant_epochs=1,
+    prune={"conv1.weight": 0.34, "conv2.weight": 0.88, "ip1.weight": 0.94, "ip2.weight": 0.81}, prune_steps=2, retrain_epochs=2,
+    bits={"conv1.weight": {"bits": 6, "codebook_dtype": "float16"}, "conv2.weight": {"bits": 8, "codebook_dtype": "float16"},
+          "ip1.weight": {"bits": 4, "codebook_dtype": "float16"}, "ip2.weight": {"bits": 4, "codebook_dtype": "float16"}},
+    quant_epochs=1,
 )
 LENET300_DEMO = Config(
     model="lenet300", epochs=3,
@@ -217,7 +221,7 @@ def deep_compression(cfg: Config, out_dir: str, log=print, data=None, threads: i
     log(f"baseline {cfg.model}: test accuracy {res['baseline_accuracy']:.2f}%")
     if sensitivity:
         layers = [n for n, q in model.named_parameters() if q.ndim > 1]
-        bar = T.Progress(len(layers) * len(sensitivity), "sensitivity sweep")
+        bar = T.Progress(len(layers) * len(set(sensitivity) - {0.0}) + 1, "sensitivity sweep")
 
         def eval_fn(m):
             bar.update(1)
@@ -241,7 +245,7 @@ def deep_compression(cfg: Config, out_dir: str, log=print, data=None, threads: i
 
     tq = T.TrainedQuantization(model, cfg.bits)
     res["quantised_accuracy_before_retrain"] = acc(model)
-    bits = ", ".join(f"{_layer(n)} {b}" for n, b in cfg.bits.items())
+    bits = ", ".join(f"{_layer(n)} {b['bits'] if isinstance(b, dict) else b}" for n, b in cfg.bits.items())
     log(f"weight sharing ({bits} bits): test accuracy {res['quantised_accuracy_before_retrain']:.2f}% before retraining")
     opt = torch.optim.SGD([{"params": tq.parameters(), "weight_decay": 0.0}, {"params": tq.other_parameters()}],
                           lr=cfg.quant_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -357,13 +357,13 @@ def sensitivity(
                 if base is None:
                     base = float(eval_fn(model))
                 value = base
-                kept = 100.0 * float((saved != 0).float().mean())
+                kept = 100.0 * int(torch.count_nonzero(saved)) / saved.numel()
             else:
                 m = magnitude_mask(saved, s)
                 with torch.no_grad():
                     p.copy_(saved.masked_fill(~m, 0.0))
                 value = float(eval_fn(model))
-                kept = 100.0 * float(m.float().mean())
+                kept = 100.0 * int(m.sum()) / m.numel()
                 with torch.no_grad():
                     p.copy_(saved)
             rows.append({"layer": name, "sparsity": s, "kept_percent": kept, metric: value})

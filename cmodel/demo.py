@@ -78,7 +78,7 @@ LENET5_FULL = Config(
 LENET300_DEMO = Config(
     model="lenet300", epochs=3,
     prune={"ip1.weight": 0.92, "ip2.weight": 0.91, "ip3.weight": 0.74}, prune_steps=2, retrain_epochs=1,
-    bits={"ip1.weight": 6, "ip2.weight": 6, "ip3.weight": 6}, quant_epochs=1,
+    bits=LENET300_FULL.bits, quant_epochs=1,
 )
 
 

@@ -697,34 +697,6 @@ def _nibble_dot(typingctx, codes, base, stride, nblk, codebook, xq):
     return sig, codegen
 
 
-@intrinsic
-def _nibble_decode(typingctx, codes, base, nblk, codebook, tile, toff):
-    """Write the 32 * nblk weights of one row's 4-bit codes at ``tile[toff:]``
-    in ``_nibble_order`` per block."""
-    sig = types.void(codes, base, nblk, codebook, tile, toff)
-
-    def codegen(context, builder, signature, args):
-        codes_, base_, nblk_, cb_, tile_, toff_ = args
-        if not _AVX512_OK:
-            _trap(builder)
-            return context.get_dummy_value()
-        cp = _data(context, builder, signature.args[0], codes_)
-        cbv = builder.load(builder.bitcast(_data(context, builder, signature.args[3], cb_), _V16F.as_pointer()), align=4)
-        tp = _data(context, builder, signature.args[4], tile_)
-
-        def body(k, state):
-            lo, hi = _nibble_weights(builder, cp, builder.add(base_, builder.mul(k, ir.Constant(_I64, 16))), cbv)
-            o = builder.add(toff_, builder.mul(k, ir.Constant(_I64, 32)))
-            _vstore(builder, lo, tp, o)
-            _vstore(builder, hi, tp, builder.add(o, ir.Constant(_I64, 16)))
-            return state
-
-        _loop(builder, nblk_, [], body)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 def _nibble_tables(builder, planes):
     # planes: 4 x 32 bytes, byte plane p of the 16 codebook floats twice.
     p = builder.bitcast(planes, _V32B.as_pointer())
@@ -767,33 +739,6 @@ def _nibble_dot_avx2(typingctx, codes, base, stride, nblk, planes, xq):
 
 
 @intrinsic
-def _nibble_decode_avx2(typingctx, codes, base, nblk, planes, tile, toff):
-    """As ``_nibble_decode`` with AVX2 lookups (``_nibble_order_avx2``)."""
-    sig = types.void(codes, base, nblk, planes, tile, toff)
-
-    def codegen(context, builder, signature, args):
-        codes_, base_, nblk_, planes_, tile_, toff_ = args
-        if not _AVX2_OK:
-            _trap(builder)
-            return context.get_dummy_value()
-        cp = _data(context, builder, signature.args[0], codes_)
-        tabs = _nibble_tables(builder, _data(context, builder, signature.args[3], planes_))
-        tp = _data(context, builder, signature.args[4], tile_)
-
-        def body(k, state):
-            ws = _nibble_weights_avx2(builder, cp, builder.add(base_, builder.mul(k, ir.Constant(_I64, 16))), tabs)
-            o = builder.add(toff_, builder.mul(k, ir.Constant(_I64, 32)))
-            for q in range(4):
-                _vstore(builder, ws[q], tp, builder.add(o, ir.Constant(_I64, 8 * q)))
-            return state
-
-        _loop(builder, nblk_, [], body)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
 def _byte_dot(typingctx, codes, base, stride, nblk, planes, xq):
     """Dot products of 2 rows of 8-bit codes (bytes ``base + r * stride``,
     ``nblk`` blocks of 64) with x in ``_byte_order`` per block."""
@@ -829,33 +774,58 @@ def _byte_dot(typingctx, codes, base, stride, nblk, planes, xq):
     return sig, codegen
 
 
-@intrinsic
-def _byte_decode(typingctx, codes, base, nblk, planes, tile, toff):
-    """Write the 64 * nblk weights of one row's 8-bit codes at ``tile[toff:]``
-    in ``_byte_order`` per block."""
-    sig = types.void(codes, base, nblk, planes, tile, toff)
+def _decode_intrinsic(ok, tables, weights, code_bytes, doc):
+    """An intrinsic ``(codes, base, nblk, table, tile, toff)`` writing the
+    weights of ``nblk`` blocks of ``code_bytes`` code bytes from ``base`` at
+    ``tile[toff:]`` in the lane order of ``weights`` (which returns a block's
+    weights as vectors); ``tables`` loads what ``weights`` looks codes up in
+    from the ``table`` array; ``ok`` says whether the CPU has the
+    instructions."""
 
-    def codegen(context, builder, signature, args):
-        codes_, base_, nblk_, planes_, tile_, toff_ = args
-        if not _AVX512_OK:
-            _trap(builder)
+    def decode(typingctx, codes, base, nblk, table, tile, toff):
+        sig = types.void(codes, base, nblk, table, tile, toff)
+
+        def codegen(context, builder, signature, args):
+            codes_, base_, nblk_, table_, tile_, toff_ = args
+            if not ok:
+                _trap(builder)
+                return context.get_dummy_value()
+            cp = _data(context, builder, signature.args[0], codes_)
+            tabs = tables(builder, _data(context, builder, signature.args[3], table_))
+            tp = _data(context, builder, signature.args[4], tile_)
+
+            def body(k, state):
+                ws = weights(builder, cp, builder.add(base_, builder.mul(k, ir.Constant(_I64, code_bytes))), tabs)
+                block = sum(v.type.count for v in ws)
+                o = builder.add(toff_, builder.mul(k, ir.Constant(_I64, block)))
+                n = 0
+                for v in ws:
+                    _vstore(builder, v, tp, builder.add(o, ir.Constant(_I64, n)))
+                    n += v.type.count
+                return state
+
+            _loop(builder, nblk_, [], body)
             return context.get_dummy_value()
-        cp = _data(context, builder, signature.args[0], codes_)
-        tabs = _byte_tables(builder, _data(context, builder, signature.args[3], planes_))
-        tp = _data(context, builder, signature.args[4], tile_)
 
-        def body(k, state):
-            off = builder.mul(k, ir.Constant(_I64, 64))
-            ws = _byte_weights(builder, cp, builder.add(base_, off), tabs)
-            o = builder.add(toff_, off)
-            for q in range(4):
-                _vstore(builder, ws[q], tp, builder.add(o, ir.Constant(_I64, 16 * q)))
-            return state
+        return sig, codegen
 
-        _loop(builder, nblk_, [], body)
-        return context.get_dummy_value()
+    decode.__doc__ = doc
+    return intrinsic(decode)
 
-    return sig, codegen
+
+def _codebook_vector(builder, codebook):
+    return builder.load(builder.bitcast(codebook, _V16F.as_pointer()), align=4)
+
+
+_nibble_decode = _decode_intrinsic(
+    _AVX512_OK, _codebook_vector, _nibble_weights, 16,
+    "4-bit codes, AVX-512: 32 weights a block in ``_nibble_order``; table = the float32[16] codebook.")
+_nibble_decode_avx2 = _decode_intrinsic(
+    _AVX2_OK, _nibble_tables, _nibble_weights_avx2, 16,
+    "4-bit codes, AVX2: 32 weights a block in ``_nibble_order_avx2``; table = ``_nibble_tables``' planes.")
+_byte_decode = _decode_intrinsic(
+    _AVX512_OK, _byte_tables, _byte_weights, 64,
+    "8-bit codes, AVX-512: 64 weights a block in ``_byte_order``; table = ``_byte_tables``' planes.")
 
 
 # --- dense codebook: kernels --------------------------------------------------------

@@ -414,6 +414,42 @@ def _check_status(status: np.ndarray, counts: np.ndarray, nbytes: np.ndarray) ->
         raise CmzError("data", f"chunk {i}: expected {int(counts[i])} codes filling its {int(nbytes[i])} bytes up to zero padding; found {_STATUS_TEXT[int(status[i])]}")
 
 
+def decode_device(stream, offsets, lengths, n_symbols: int, chunk_symbols: int, *, cuda_stream=0):
+    """:func:`decode` on a CUDA device (the ``cuda`` extra): the same checks on
+    the host, then every chunk decoded by
+    :func:`cmodel.kernels.cuda.huffman.decode_chunks`.
+
+    Args:
+        stream, offsets, lengths, n_symbols, chunk_symbols: as for
+            :func:`decode` (``stream`` on the host: the checks read it for a
+            one-symbol table).
+        cuda_stream: a numba CUDA stream, or 0 (the default stream).
+
+    Returns:
+        A uint8 numba device array of ``n_symbols`` symbols.
+
+    Raises:
+        CmzError: check ``"data"``, exactly as :func:`decode` (the status of
+            each chunk is read back from the device).
+    """
+    from numba import cuda
+
+    from .kernels.cuda import huffman as _kc
+
+    s = cuda_stream
+    v = _check_stream(stream, offsets, lengths, n_symbols, chunk_symbols)
+    if v.n == 0:
+        return cuda.device_array(0, np.uint8, stream=s)
+    if v.used.size == 1:
+        return cuda.to_device(_decode_one_symbol(v.buf, v.offsets, v.counts, int(v.used[0])), stream=s)
+    single, multi = _decode_tables(v.lengths.tobytes())
+    out = cuda.device_array(v.n, np.uint8, stream=s)
+    status = np.zeros(v.n_chunks, np.uint8)  # copied back by decode_chunks
+    _kc.decode_chunks(v.buf, v.offsets, multi, single, v.chunk, out, status, cuda_stream=s)
+    _check_status(status, v.counts, v.nbytes)
+    return out
+
+
 def _decode_one_symbol(buf: np.ndarray, off: np.ndarray, counts: np.ndarray, symbol: int) -> np.ndarray:
     """A one-symbol table codes each symbol as the bit 0: each chunk is
     ``ceil(count / 8)`` zero bytes."""

@@ -5,9 +5,10 @@ decode on the device (spec §6.4 ``huffman`` coding, issue 5).
 the validated chunk offsets, the ``multi`` and ``single`` tables that
 ``cmodel.huffman`` builds, ``chunk_symbols``, ``out`` and ``status``) and
 reports the same status code per chunk (``OK``, ``OVERRUN``,
-``TRAILING_BYTES``, ``PADDING`` of the CPU module); :func:`decode` mirrors
-:func:`cmodel.huffman.decode`: the same checks (the same code, see below),
-the same ``CmzError`` messages, and a device array as the result.
+``TRAILING_BYTES``, ``PADDING`` of the CPU module).
+:func:`cmodel.huffman.decode_device` mirrors :func:`cmodel.huffman.decode`
+on top of it: the same checks (the same code), the same ``CmzError``
+messages, and a device array as the result.
 
 Thread mapping: a chunk per thread, grid-stride over the chunks, blocks of
 ``HUFFMAN_THREADS``; chunk ``i`` writes symbols ``i * chunk_symbols`` on
@@ -25,9 +26,10 @@ threads.
 
 Like the CPU kernels this module trusts validated input: it reads only
 ``stream[offsets[i] .. offsets[i + 1] - 1]`` and writes only inside ``out``
-for offsets that passed ``cmodel.huffman``'s checks.  :func:`decode` is the
-one function here that imports ``cmodel`` (lazily), because it must run
-those very checks; the kernels themselves need only numpy and numba.
+for offsets that passed ``cmodel.huffman``'s checks; the checked decode
+on the device is :func:`cmodel.huffman.decode_device`, which runs those
+checks and then this module's :func:`decode_chunks` (kernels never import
+``cmodel``, DESIGN §1).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from numba import cuda, types
 from .. import huffman as _cpu
 from ._convutil import as_device, blocks, check, describe, is_device, launch
 
-__all__ = ["decode", "decode_chunks"]
+__all__ = ["decode_chunks"]
 
 OK = _cpu.OK
 OVERRUN = _cpu.OVERRUN
@@ -189,50 +191,3 @@ def decode_chunks(stream, offsets, multi, single, chunk_symbols, out, status, *,
     stt.finish(s)
     if s:
         s.synchronize()
-
-
-def decode(stream, offsets, lengths, n_symbols, chunk_symbols, *, cuda_stream=0):
-    """Decode a chunked Huffman stream on the device, checking everything
-    before decoding (twin of :func:`cmodel.huffman.decode`).
-
-    The checks are ``cmodel.huffman``'s own (table, counts, offsets, at most
-    8 symbols per byte), run on the host before anything is copied; after
-    the device decode the status array is read back and a bad chunk raises
-    the same message as the CPU decoder.  A one-symbol table needs no
-    decoding (the CPU path checks and fills it) and the result is copied.
-
-    Args:
-        stream: the stream bytes (bytes-like or a host uint8 array: the
-            checks read them for a one-symbol table).
-        offsets: the ``ceil(n_symbols / chunk_symbols) + 1`` chunk byte offsets.
-        lengths: the table.
-        n_symbols: symbols in the stream.
-        chunk_symbols: symbols per chunk.
-        cuda_stream: a numba CUDA stream, or 0.
-
-    Returns:
-        A uint8 device array of ``n_symbols`` symbols.
-
-    Raises:
-        CmzError: check ``"data"``, exactly as :func:`cmodel.huffman.decode`
-            (its docstring lists the cases).
-    """
-    from cmodel import huffman as h  # the shared checks; kernels otherwise never import cmodel
-
-    s = cuda_stream
-    v = h._check_stream(stream, offsets, lengths, n_symbols, chunk_symbols)
-    if v.n == 0:
-        return cuda.device_array(0, np.uint8, stream=s)
-    if v.used.size == 1:
-        return cuda.to_device(h._decode_one_symbol(v.buf, v.offsets, v.counts, int(v.used[0])), stream=s)
-    single, multi = h._decode_tables(v.lengths.tobytes())
-    out = cuda.device_array(v.n, np.uint8, stream=s)
-    status = cuda.device_array(v.n_chunks, np.uint8, stream=s)
-    launch(_decode, blocks(v.n_chunks, HUFFMAN_THREADS, MAX_BLOCKS), HUFFMAN_THREADS, s,
-           cuda.to_device(v.buf, stream=s), cuda.to_device(v.offsets, stream=s), cuda.to_device(multi, stream=s),
-           cuda.to_device(single, stream=s), np.int64(v.chunk), out, status)
-    st = status.copy_to_host(stream=s)
-    if s:
-        s.synchronize()
-    h._check_status(st, v.counts, v.nbytes)
-    return out

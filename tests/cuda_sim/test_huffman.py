@@ -45,7 +45,7 @@ def outcome(decode, *args):
 
 def assert_same(*args):
     want = outcome(H.decode, *args)
-    got = outcome(gpu.decode, *args)
+    got = outcome(H.decode_device, *args)
     assert got[0] == want[0], (got, want)
     if want[0] == "ok":
         np.testing.assert_array_equal(got[1], want[1])

@@ -119,13 +119,61 @@ def _epilogue(v, i, scales, has_scales, bias, has_bias):
     return v
 
 
+@cuda.jit(device=True)
+def _load_codebook(s_cb, codebook, n_codes, t):
+    # The block's threads copy the codebook to shared memory (caller syncs).
+    for c in range(t, n_codes, cuda.blockDim.x):
+        s_cb[c] = codebook[c]
+
+
+@cuda.jit(device=True)
+def _entry_step(buf8, buf16, base, e1, lane, width, index_bits, dmask, last, carry):
+    """A warp's step over the 32 entries from ``base`` (of a line ending at
+    ``e1``): this lane's position in the line and code (0: none or a
+    filler), and the carry (the line position after the step)."""
+    e = base + lane
+    step = np.int64(0)
+    code = np.int64(0)
+    if e < e1:
+        f = _field(buf8, buf16, e, width, last)
+        step = (f & dmask) + 1
+        code = f >> index_bits
+    s = _warp.inclusive_scan(step, lane)
+    return carry + s - 1, code, carry + _warp.shfl_idx(s, 31)
+
+
+@cuda.jit(device=True)
+def _accumulate(a, acc, nb, v, x, g, cols, j):
+    """Add weight ``v`` of column ``j`` times the ``nb`` batch rows from ``g``:
+    into ``a`` (returned) for one row, else into ``acc``."""
+    if nb == 1:
+        a += v * x[g * cols + j]
+    else:
+        for i in range(nb):
+            acc[i] += v * x[(g + i) * cols + j]
+    return a
+
+
+@cuda.jit(device=True)
+def _store_row(a, acc, nb, g, row, rows, lane, out, scales, has_scales, bias, has_bias):
+    # The warp's sums of one row for the nb batch rows from g; lane 0 writes.
+    if nb == 1:
+        a = _warp.warp_sum(a)
+        if lane == 0:
+            out[g * rows + row] = _epilogue(a, row, scales, has_scales, bias, has_bias)
+    else:
+        for i in range(nb):
+            a = _warp.warp_sum(acc[i])
+            if lane == 0:
+                out[(g + i) * rows + row] = _epilogue(a, row, scales, has_scales, bias, has_bias)
+
+
 def _sparse_row_kernel(buf8, buf16, width, index_bits, pointers, codebook, n_codes,
                        scales, has_scales, bias, has_bias, x, batch, cols, out, rows):
     s_cb = cuda.shared.array(MAX_CODEBOOK, types.float32)
     acc = cuda.local.array(BATCH_TILE, types.float32)
     t = cuda.threadIdx.x
-    for c in range(t, n_codes, cuda.blockDim.x):
-        s_cb[c] = codebook[c]
+    _load_codebook(s_cb, codebook, n_codes, t)
     cuda.syncthreads()
     lane = t & 31
     warps = cuda.blockDim.x >> 5
@@ -141,32 +189,10 @@ def _sparse_row_kernel(buf8, buf16, width, index_bits, pointers, codebook, n_cod
             for i in range(BATCH_TILE):
                 acc[i] = 0.0
             for base in range(np.int64(pointers[row]), e1, 32):
-                e = base + lane
-                step = np.int64(0)
-                code = np.int64(0)
-                if e < e1:
-                    f = _field(buf8, buf16, e, width, last)
-                    step = (f & dmask) + 1
-                    code = f >> index_bits
-                s = _warp.inclusive_scan(step, lane)
-                pos = carry + s - 1
-                carry += _warp.shfl_idx(s, 31)
+                pos, code, carry = _entry_step(buf8, buf16, base, e1, lane, width, index_bits, dmask, last, carry)
                 if code != 0:
-                    v = s_cb[code]
-                    if nb == 1:
-                        a += v * x[g * cols + pos]
-                    else:
-                        for i in range(nb):
-                            acc[i] += v * x[(g + i) * cols + pos]
-            if nb == 1:
-                a = _warp.warp_sum(a)
-                if lane == 0:
-                    out[g * rows + row] = _epilogue(a, row, scales, has_scales, bias, has_bias)
-            else:
-                for i in range(nb):
-                    a = _warp.warp_sum(acc[i])
-                    if lane == 0:
-                        out[(g + i) * rows + row] = _epilogue(a, row, scales, has_scales, bias, has_bias)
+                    a = _accumulate(a, acc, nb, s_cb[code], x, g, cols, pos)
+            _store_row(a, acc, nb, g, row, rows, lane, out, scales, has_scales, bias, has_bias)
             row += cuda.gridDim.x * warps
 
 
@@ -174,8 +200,7 @@ def _sparse_col_kernel(buf8, buf16, width, index_bits, pointers, codebook, n_cod
     # out (batch x rows, zeroed) receives the products by atomic adds.
     s_cb = cuda.shared.array(MAX_CODEBOOK, types.float32)
     t = cuda.threadIdx.x
-    for c in range(t, n_codes, cuda.blockDim.x):
-        s_cb[c] = codebook[c]
+    _load_codebook(s_cb, codebook, n_codes, t)
     cuda.syncthreads()
     lane = t & 31
     warps = cuda.blockDim.x >> 5
@@ -191,16 +216,7 @@ def _sparse_col_kernel(buf8, buf16, width, index_bits, pointers, codebook, n_cod
             e1 = np.int64(pointers[col + 1])
             carry = np.int64(0)
             for base in range(np.int64(pointers[col]), e1, 32):
-                e = base + lane
-                step = np.int64(0)
-                code = np.int64(0)
-                if e < e1:
-                    f = _field(buf8, buf16, e, width, last)
-                    step = (f & dmask) + 1
-                    code = f >> index_bits
-                s = _warp.inclusive_scan(step, lane)
-                pos = carry + s - 1
-                carry += _warp.shfl_idx(s, 31)
+                pos, code, carry = _entry_step(buf8, buf16, base, e1, lane, width, index_bits, dmask, last, carry)
                 if code != 0:
                     v = s_cb[code]
                     for b in range(batch):
@@ -214,8 +230,7 @@ def _codebook_kernel(codes, bits, codebook, n_codes, scales, has_scales, bias, h
     s_cb = cuda.shared.array(MAX_CODEBOOK, types.float32)
     acc = cuda.local.array(BATCH_TILE, types.float32)
     t = cuda.threadIdx.x
-    for c in range(t, n_codes, cuda.blockDim.x):
-        s_cb[c] = codebook[c]
+    _load_codebook(s_cb, codebook, n_codes, t)
     cuda.syncthreads()
     lane = t & 31
     warps = cuda.blockDim.x >> 5
@@ -229,21 +244,8 @@ def _codebook_kernel(codes, bits, codebook, n_codes, scales, has_scales, bias, h
             for i in range(BATCH_TILE):
                 acc[i] = 0.0
             for c in range(lane, cols, 32):
-                v = s_cb[_code(codes, base + c, bits, last)]
-                if nb == 1:
-                    a += v * x[g * cols + c]
-                else:
-                    for i in range(nb):
-                        acc[i] += v * x[(g + i) * cols + c]
-            if nb == 1:
-                a = _warp.warp_sum(a)
-                if lane == 0:
-                    out[g * rows + row] = _epilogue(a, row, scales, has_scales, bias, has_bias)
-            else:
-                for i in range(nb):
-                    a = _warp.warp_sum(acc[i])
-                    if lane == 0:
-                        out[(g + i) * rows + row] = _epilogue(a, row, scales, has_scales, bias, has_bias)
+                a = _accumulate(a, acc, nb, s_cb[_code(codes, base + c, bits, last)], x, g, cols, c)
+            _store_row(a, acc, nb, g, row, rows, lane, out, scales, has_scales, bias, has_bias)
             row += cuda.gridDim.x * warps
 
 

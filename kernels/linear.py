@@ -155,6 +155,19 @@ def _load_u64(typingctx, buf, byte):
     return types.uint64(buf, byte), codegen
 
 
+@intrinsic
+def _load_u32(typingctx, buf, byte):
+    """Little-endian u32 at ``buf[byte]`` (uint8 array), one unaligned load."""
+
+    def codegen(context, builder, sig, args):
+        ary, i = args
+        ptr = builder.gep(context.make_array(sig.args[0])(context, builder, ary).data, [i])
+        v = builder.load(builder.bitcast(ptr, ir.IntType(32).as_pointer()), align=1)
+        return v if np.little_endian else builder.bswap(v)
+
+    return types.uint32(buf, byte), codegen
+
+
 @nb.njit(inline="always")
 def _field_at(buf, bit, w):
     # A field of <= 16 bits at bit offset s < 8 spans <= 3 bytes; guarded at the end.
@@ -331,10 +344,11 @@ def _sparse_row(buf, w, r, n_entries, pointers, codebook, scales, bias, xt, acc,
 # --- sparse: column order (CSC-like, EIE) ----------------------------------------
 #
 # Each column's entries scatter into the outputs, so two threads working on
-# different columns would race on the same outputs.  Every thread owns a
-# private accumulator (rows floats per batch row: 16 KB for 4096 rows, in L1)
-# over a range of columns holding an equal share of the entries, and one
-# pass over the rows sums the accumulators and applies scale and bias.
+# different columns would race on the same outputs.  Every part of the work
+# owns a private accumulator (rows floats per batch row: 16 KB for 4096
+# rows, in L1) over a run of active columns holding an equal share of their
+# entries, and one pass over the rows sums the accumulators and applies
+# scale and bias.
 # Atomics would cost more than this reduction, and splitting by rows would make
 # each thread walk every column's entries.
 
@@ -353,47 +367,118 @@ def _first_line_at(pointers, lines, target):
     return lo
 
 
-@nb.njit(parallel=True, fastmath=_FAST, cache=True)
-def _sparse_col(buf, w, r, n_entries, pointers, codebook, x2, xt, acc):
-    """Column order: acc[t] = thread t's share of the columns against X.
+# Whole-byte entries (width 8) with r <= 6 take a faster batch-1 loop, where
+# the read-modify-write of the accumulator makes every instruction count:
+# * a 256-entry table maps an entry byte straight to its weight (no code
+#   extraction);
+# * a u32 load holds four entries; (v & D) * 0x01010101 (D: the r index bits
+#   of every byte) gives in byte i the sum of deltas 0..i, so entry i sits at
+#   pos + byte i + i, the "+ i" folding into the address.  A byte may not
+#   carry into the next: 4 * (2**r - 1) <= 255, i.e. r <= 6.
+# Measured on 4096 x 4096, 90% pruned, b = r = 4, half the inputs zero, one
+# thread: 1.2-1.3x faster than the general loop (the same ideas made the row
+# order slower: its sums live in registers, and the extra live values spill).
+_W1 = np.uint32(0x01010101)
+_B8 = np.uint32(8)
+_B16 = np.uint32(16)
+_B24 = np.uint32(24)
+_BFF = np.uint32(0xFF)
+_BYTE_PATH_MAX_R = 6
 
-    ``acc`` is [parts, rows * padded batch]; ``xt`` is X transposed ([cols,
-    padded batch], flat); a column is skipped when it is zero in every batch
-    row.
+
+def _byte_table(buf, w, r, codebook):
+    """float32[256]: the weight of every entry byte (codebook[byte >> r]) when
+    the entries are whole bytes with r <= 6, else an empty array."""
+
+
+@overload(_byte_table, inline="always")
+def _ov_byte_table(buf, w, r, codebook):
+    if isinstance(w, types.NoneType) and buf.dtype == types.uint8:
+
+        def impl(buf, w, r, codebook):
+            if r > _BYTE_PATH_MAX_R:
+                return np.empty(0, np.float32)
+            t = np.empty(256, np.float32)
+            for e in range(256):
+                t[e] = codebook[e >> r]
+            return t
+
+        return impl
+    return lambda buf, w, r, codebook: np.empty(0, np.float32)
+
+
+@nb.njit(inline="always")
+def _col_bytes4(a, table, xj, pos, v, s):
+    """Four byte entries ``v`` with in-byte delta sums ``s`` into ``a``."""
+    a[pos + (s & _BFF)] += table[v & _BFF] * xj
+    a[pos + ((s >> _B8) & _BFF) + _U1] += table[(v >> _B8) & _BFF] * xj
+    a[pos + ((s >> _B16) & _BFF) + _U2] += table[(v >> _B16) & _BFF] * xj
+    a[pos + (s >> _B24) + _U3] += table[v >> _B24] * xj
+    return pos + np.uint64(s >> _B24) + _U4
+
+
+@nb.njit(parallel=True, fastmath=_FAST, cache=True)
+def _sparse_col(buf, w, r, n_entries, pointers, codebook, scales, bias, x2, xt, parts, out):
+    """Column order: out = X against the columns' entries, through per-part
+    accumulators (see above) that one pass then sums, scales and biases.
+
+    ``xt`` is X transposed ([cols, padded batch], flat); a column is skipped
+    when it is zero in every batch row.  ``parts``: how many parts to
+    split the work into at most (two per thread: with one, two threads ran
+    10-25% slower than on the same columns in halves, measured here on 4096
+    x 4096; the cause is not known).  The accumulators and the reduction
+    live in this one call: allocating them and calling a second kernel from
+    Python cost ~20 us a call.  (The thread count comes from Python:
+    ``get_num_threads`` inside a kernel keeps it out of the compile cache.)
     """
     ru = np.uint64(r)
     m = (_U1 << ru) - _U1
     batch, cols = x2.shape
+    rows = out.shape[1]
     padded = xt.size // cols  # the batch padded to whole lane groups
     bu = np.uint64(padded)
     fast = _fast_end(buf, w, n_entries)
-    parts = acc.shape[0]
-    total = np.float64(pointers[cols])
+    # The active columns, appended without a branch (with half the columns
+    # zero at random a branch per column mispredicts half the time), and the
+    # running count of their entries, so that every part gets an equal share
+    # of the work whichever columns are zero.
+    active = np.empty(cols, np.int64)
+    work = np.empty(cols + 1, np.float64)
+    work[0] = 0.0
+    n = 0
+    for j in range(cols):
+        nz = x2[0, j] != 0
+        for b in range(1, batch):
+            nz |= x2[b, j] != 0
+        active[n] = j
+        work[n + 1] = work[n] + np.float64(pointers[j + 1] - pointers[j])
+        n += np.int64(nz)
+    parts = max(1, min(parts, n))
+    acc = np.empty((parts, rows * padded), np.float32)
     for t in nb.prange(parts):
         a = acc[t]
         for i in range(a.size):
             a[i] = 0.0
-        c0 = _first_line_at(pointers, cols, total * t / parts)
-        c1 = _first_line_at(pointers, cols, total * (t + 1) / parts) if t + 1 < parts else cols
-        # The active columns first, appended without a branch: with half the
-        # columns zero at random a branch per column mispredicts half the time.
-        active = np.empty(c1 - c0, np.int64)
-        n = 0
-        for j in range(c0, c1):
-            nz = x2[0, j] != 0
-            for b in range(1, batch):
-                nz |= x2[b, j] != 0
-            active[n] = j
-            n += np.int64(nz)
+        q0 = _first_line_at(work, n, work[n] * t / parts)
+        q1 = _first_line_at(work, n, work[n] * (t + 1) / parts) if t + 1 < parts else n
         if batch == 1:
             x = x2[0]
-            for q in range(n):
+            table = _byte_table(buf, w, r, codebook)
+            dm = _W1 * np.uint32((1 << r) - 1)
+            for q in range(q0, q1):
                 j = active[q]
                 xj = x[j]
                 k = np.uint64(pointers[j])
                 end = np.uint64(pointers[j + 1])
                 fe = min(end, fast)
                 pos = _U0
+                if table.size:
+                    while k + _U8 <= fe:
+                        v0 = _load_u32(buf, k)
+                        v1 = _load_u32(buf, k + _U4)
+                        pos = _col_bytes4(a, table, xj, pos, v0, np.uint32((v0 & dm) * _W1))
+                        pos = _col_bytes4(a, table, xj, pos, v1, np.uint32((v1 & dm) * _W1))
+                        k += _U8
                 while k + _U4 <= fe:
                     e0, e1, e2, e3 = _entries4(buf, k, w)
                     p0, p1, p2, p3, step = _positions4(e0, e1, e2, e3, m)
@@ -416,7 +501,7 @@ def _sparse_col(buf, w, r, n_entries, pointers, codebook, x2, xt, acc):
         else:
             for g in range(0, padded, LANES):
                 # One group of LANES batch rows per walk of the entries.
-                for q in range(n):
+                for q in range(q0, q1):
                     j = active[q]
                     k = np.uint64(pointers[j])
                     end = np.uint64(pointers[j + 1])
@@ -445,6 +530,7 @@ def _sparse_col(buf, w, r, n_entries, pointers, codebook, x2, xt, acc):
                         a[o + _U7] += v * x7
                         pos += _U1
                         k += _U1
+    _reduce_parts(acc.reshape(parts, rows, padded), scales, bias, out)
 
 
 @nb.njit(fastmath=_FAST, cache=True)
@@ -1126,10 +1212,7 @@ def sparse_matmul(entries, n_entries, width, index_bits, pointers, codebook, sca
             acc = np.empty((0, padded), np.float32)  # gives the padded batch
             _sparse_row(*args, scales, bias, xt, acc, out2)
             return out
-        parts = max(1, min(nb.get_num_threads(), cols))
-        acc = np.empty((parts, rows, padded), np.float32)
-        _sparse_col(*args, x2, xt, acc.reshape(parts, rows * padded))
-    _reduce_parts(acc, scales, bias, out2)
+        _sparse_col(*args, scales, bias, x2, xt, 2 * nb.get_num_threads(), out2)
     return out
 
 

@@ -6,8 +6,10 @@ tolerance is relative to ``|x| @ |W|.T + |bias|`` (the scale of the terms
 summed), so cancellation in a sum does not make a correct result fail.
 """
 
+import contextlib
 import os
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -66,6 +68,17 @@ def check(c, x, bias=None, **kw):
     bad = ~(err <= RTOL * mag)
     assert not bad.any(), f"max error {err.max():.3g} at {np.argwhere(bad)[:3].tolist()}, scale {mag[bad][:3]}"
     return out
+
+
+@contextlib.contextmanager
+def numba_threads(n):
+    """Numba on ``n`` threads (at most as many as it started)."""
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(saved)
 
 
 def inputs(rng, batch, cols, zero_fraction=0.0):
@@ -160,6 +173,49 @@ def test_col_order_skips_zero_activations(tmp_path):
     x = inputs(rng, 4, 256)
     x[:3, ::2] = 0.0
     check(c, x, rng.standard_normal(64, dtype=np.float32))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("r", [3, 4, 5, 6, 7])
+def test_sparse_byte_entries_at_the_largest_deltas(tmp_path, order, r):
+    # Width-8 entries: in column order r <= 6 takes the loop that sums four
+    # deltas inside the bytes of a u32 (4 * 63 = 252 at r = 6, one carry
+    # away from wrong), r = 7 the general one.  Lines whose weights sit
+    # exactly 2**r apart (every delta the largest, 2**r - 1), then further
+    # apart (fillers), longer than a few groups of eight entries.
+    n = 40 << r
+    w = np.zeros((48, n), np.float32)
+    rng = np.random.default_rng(r)
+    for i in range(48):
+        step = (1 << r) if i % 2 == 0 else (1 << r) + 1 + i  # fillers on odd lines
+        w[i, i % 3 :: step] = rng.uniform(1, 2, len(range(i % 3, n, step))) * rng.choice([-1, 1])
+    if order == "col":
+        w = np.ascontiguousarray(w.T)
+    zeros = float((w == 0).mean())
+    c = encode(tmp_path, w, sparsity=zeros - 1e-6, bits=8 - r, index_bits=r, order=order)  # prunes only zeros
+    assert (c.width, c.n_entries - c.fillers()) == (8, int((w != 0).sum()))
+    for batch in (1, 3):
+        check(c, inputs(rng, batch, w.shape[1]), rng.standard_normal(w.shape[0], dtype=np.float32))
+        check(c, inputs(rng, batch, w.shape[1], 0.5), None)
+
+
+def test_col_order_splits_the_active_work(tmp_path):
+    # Zeros in runs (a dead half, dead blocks): the parts split the entries
+    # of the active columns, not of all columns; every split must still add
+    # up to the whole product, for every part count.
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((600, 1000), dtype=np.float32)
+    c = encode(tmp_path, w, sparsity=0.5, bits=4, index_bits=4, order="col")
+    assert c.n_entries >= 1 << 18  # big enough to run on several threads
+    for batch in (1, 3):
+        x = inputs(rng, batch, 1000)
+        x[:, :500] = 0.0
+        x[:, 700:760] = 0.0
+        for threads in (1, 2):
+            with numba_threads(threads):
+                check(c, x, None)
+        x[:, :-1] = 0.0  # one active column: fewer columns than parts
+        check(c, x, None)
 
 
 def test_row_and_col_order_agree(tmp_path):

@@ -168,6 +168,48 @@ def _load_u32(typingctx, buf, byte):
     return types.uint32(buf, byte), codegen
 
 
+@intrinsic
+def _prefetch(typingctx, buf, i):
+    """Hint the cache line holding ``buf[i]`` into L1 (never faults)."""
+
+    def codegen(context, builder, sig, args):
+        ary, k = args
+        ptr = builder.gep(context.make_array(sig.args[0])(context, builder, ary).data, [k])
+        i8p = ir.IntType(8).as_pointer()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]), "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(buf, i), codegen
+
+
+def _prefetch_entries(buf, w, k0, k1):
+    """Hint the cache lines of entries ``k0 .. k1 - 1`` into L1."""
+
+
+@overload(_prefetch_entries, inline="always")
+def _ov_prefetch_entries(buf, w, k0, k1):
+    if isinstance(w, types.NoneType):
+        step = np.uint64(512 // buf.dtype.bitwidth)  # fields per 64-byte line
+
+        def impl(buf, w, k0, k1):
+            i = k0
+            while i < k1:
+                _prefetch(buf, i)
+                i += step
+
+        return impl
+
+    def impl(buf, w, k0, k1):
+        i = (k0 * np.uint64(w)) >> _U3
+        end = (k1 * np.uint64(w)) >> _U3
+        while i <= end:
+            _prefetch(buf, i)
+            i += np.uint64(64)
+
+    return impl
+
+
 @nb.njit(inline="always")
 def _field_at(buf, bit, w):
     # A field of <= 16 bits at bit offset s < 8 spans <= 3 bytes; guarded at the end.
@@ -378,6 +420,11 @@ def _first_line_at(pointers, lines, target):
 # Measured on 4096 x 4096, 90% pruned, b = r = 4, half the inputs zero, one
 # thread: 1.2-1.3x faster than the general loop (the same ideas made the row
 # order slower: its sums live in registers, and the extra live values spill).
+# Column order also prefetches the entries of the active column two ahead:
+# the skipped columns break the entry stream into runs too short for the
+# hardware prefetcher.  Measured with the caches flushed before each call
+# (4096 x 4096 as above, 2 threads): 1.29 -> 0.97-1.01 ms.
+_PREFETCH_COLUMNS = 2
 _W1 = np.uint32(0x01010101)
 _B8 = np.uint32(8)
 _B16 = np.uint32(16)
@@ -472,6 +519,9 @@ def _sparse_col(buf, w, r, n_entries, pointers, codebook, scales, bias, x2, xt, 
                 end = np.uint64(pointers[j + 1])
                 fe = min(end, fast)
                 pos = _U0
+                if q + _PREFETCH_COLUMNS < q1:
+                    jn = active[q + _PREFETCH_COLUMNS]
+                    _prefetch_entries(buf, w, np.uint64(pointers[jn]), np.uint64(pointers[jn + 1]))
                 if table.size:
                     while k + _U8 <= fe:
                         v0 = _load_u32(buf, k)

@@ -1185,9 +1185,11 @@ def sparse_matmul(entries, n_entries, width, index_bits, pointers, codebook, sca
     Row order walks each row's entries (``pos += delta``; add
     ``codebook[code] * x[pos]``; ``pos += 1``), one output per row, rows in
     parallel.  Column order (EIE) walks only the columns whose activation is
-    non-zero (in any batch row) and scatters into per-thread accumulators.
-    With a batch, each entry's weight is loaded once and applied to every
-    batch row (X is transposed once so the batch is contiguous).
+    non-zero (in any batch row) and scatters into private accumulators, two
+    parts of the work per thread, split so that each gets an equal share of
+    the active columns' entries.  With a batch, each entry's weight is
+    loaded once and applied to every batch row (X is transposed once so the
+    batch is contiguous).
 
     Args:
         entries: uint8 stream of ``n_entries`` packed fields of ``width`` bits,

@@ -490,15 +490,15 @@ def _sparse_col(buf, w, r, n_entries, pointers, codebook, scales, bias, x2, xt, 
     # running count of their entries, so that every part gets an equal share
     # of the work whichever columns are zero.
     active = np.empty(cols, np.int64)
-    work = np.empty(cols + 1, np.float64)
-    work[0] = 0.0
+    work = np.empty(cols + 1, np.uint64)  # integers: a float sum's latency would chain the loop
+    work[0] = 0
     n = 0
     for j in range(cols):
         nz = x2[0, j] != 0
         for b in range(1, batch):
             nz |= x2[b, j] != 0
         active[n] = j
-        work[n + 1] = work[n] + np.float64(pointers[j + 1] - pointers[j])
+        work[n + 1] = work[n] + (np.uint64(pointers[j + 1]) - np.uint64(pointers[j]))
         n += np.int64(nz)
     parts = max(1, min(parts, n))
     acc = np.empty((parts, rows * padded), np.float32)
@@ -506,8 +506,8 @@ def _sparse_col(buf, w, r, n_entries, pointers, codebook, scales, bias, x2, xt, 
         a = acc[t]
         for i in range(a.size):
             a[i] = 0.0
-        q0 = _first_line_at(work, n, work[n] * t / parts)
-        q1 = _first_line_at(work, n, work[n] * (t + 1) / parts) if t + 1 < parts else n
+        q0 = _first_line_at(work, n, np.float64(work[n]) * t / parts)
+        q1 = _first_line_at(work, n, np.float64(work[n]) * (t + 1) / parts) if t + 1 < parts else n
         if batch == 1:
             x = x2[0]
             table = _byte_table(buf, w, r, codebook)

@@ -142,30 +142,26 @@ _U15 = np.uint64(15)
 _U16 = np.uint64(16)
 
 
-@intrinsic
-def _load_u64(typingctx, buf, byte):
-    """Little-endian u64 at ``buf[byte]`` (uint8 array), one unaligned load."""
+def _unaligned_load(bits):
+    """An intrinsic ``load(buf, byte)``: the little-endian unsigned ``bits``-bit
+    integer at ``buf[byte]`` (uint8 array), one unaligned load."""
+    result = getattr(types, f"uint{bits}")
 
-    def codegen(context, builder, sig, args):
-        ary, i = args
-        ptr = builder.gep(context.make_array(sig.args[0])(context, builder, ary).data, [i])
-        v = builder.load(builder.bitcast(ptr, ir.IntType(64).as_pointer()), align=1)
-        return v if np.little_endian else builder.bswap(v)
+    @intrinsic
+    def load(typingctx, buf, byte):
+        def codegen(context, builder, sig, args):
+            ary, i = args
+            ptr = builder.gep(context.make_array(sig.args[0])(context, builder, ary).data, [i])
+            v = builder.load(builder.bitcast(ptr, ir.IntType(bits).as_pointer()), align=1)
+            return v if np.little_endian else builder.bswap(v)
 
-    return types.uint64(buf, byte), codegen
+        return result(buf, byte), codegen
+
+    return load
 
 
-@intrinsic
-def _load_u32(typingctx, buf, byte):
-    """Little-endian u32 at ``buf[byte]`` (uint8 array), one unaligned load."""
-
-    def codegen(context, builder, sig, args):
-        ary, i = args
-        ptr = builder.gep(context.make_array(sig.args[0])(context, builder, ary).data, [i])
-        v = builder.load(builder.bitcast(ptr, ir.IntType(32).as_pointer()), align=1)
-        return v if np.little_endian else builder.bswap(v)
-
-    return types.uint32(buf, byte), codegen
+_load_u64 = _unaligned_load(64)
+_load_u32 = _unaligned_load(32)
 
 
 @intrinsic

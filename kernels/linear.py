@@ -414,8 +414,9 @@ def _first_line_at(pointers, lines, target):
 #   pos + byte i + i, the "+ i" folding into the address.  A byte may not
 #   carry into the next: 4 * (2**r - 1) <= 255, i.e. r <= 6.
 # Measured on 4096 x 4096, 90% pruned, b = r = 4, half the inputs zero, one
-# thread: 1.2-1.3x faster than the general loop (the same ideas made the row
-# order slower: its sums live in registers, and the extra live values spill).
+# thread: 1.1-1.4x faster than the general loop in two runs (the same ideas
+# made the row order slower: its sums live in registers, and the extra live
+# values spill).
 # Column order also prefetches the entries of the active column two ahead:
 # the skipped columns break the entry stream into runs too short for the
 # hardware prefetcher.  Measured with the caches flushed before each call

@@ -499,6 +499,7 @@ def _sparse_col(buf, w, r, n_entries, pointers, codebook, scales, bias, x2, xt, 
         n += np.int64(nz)
     parts = max(1, min(parts, n))
     acc = np.empty((parts, rows * padded), np.float32)
+    table = _byte_table(buf, w, r, codebook)
     for t in nb.prange(parts):
         a = acc[t]
         for i in range(a.size):
@@ -507,7 +508,6 @@ def _sparse_col(buf, w, r, n_entries, pointers, codebook, scales, bias, x2, xt, 
         q1 = _first_line_at(work, n, np.float64(work[n]) * (t + 1) / parts) if t + 1 < parts else n
         if batch == 1:
             x = x2[0]
-            table = _byte_table(buf, w, r, codebook)
             dm = _W1 * np.uint32((1 << r) - 1)
             for q in range(q0, q1):
                 j = active[q]

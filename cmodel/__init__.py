@@ -10,6 +10,19 @@ Public API::
 
 Every problem with a file's content raises :class:`CmzError`.  The format is
 specified in ``spec/cmz.md``.
+
+Layout, one package per concern (DESIGN §1; ``tests/test_layering.py``
+enforces who may import whom):
+
+* :mod:`cmodel.format` — the container of the spec: constants, header,
+  reader/writer, encodings;
+* :mod:`cmodel.codecs` — Huffman, relative-index entries, k-means and pruning;
+* :mod:`cmodel.encode` — rules, plan, encoder, report, checkpoint files;
+* :mod:`cmodel.train` — pruning with retraining, sensitivity, trained
+  quantisation, datasets, the demo pipeline (torch);
+* :mod:`cmodel.runtime` — graph, capture, ``Session`` and its backends;
+* :mod:`cmodel.kernels` — Numba CPU and CUDA kernels (import nothing of cmodel);
+* :mod:`cmodel.bench` — benchmarks; :mod:`cmodel.cli` — the ``cmz`` command.
 """
 
 from __future__ import annotations
@@ -17,11 +30,14 @@ from __future__ import annotations
 import os
 import numpy as np
 
+from . import _moved
 from ._version import __version__
-from .constants import FORMAT_VERSION
-from .container import CmzFile
-from .encoder import CompressionReport, save_file
+from .encode import CompressionReport, save_file
 from .errors import CmzError
+from .format.constants import FORMAT_VERSION
+from .format.container import CmzFile
+
+_moved.install()  # the flat layout's module paths (cmodel.encoder, ...) still import
 
 __all__ = ["CmzError", "CmzFile", "CompressionReport", "FORMAT_VERSION", "__version__", "load_file", "open", "save_file", "save_model"]
 

@@ -11,8 +11,9 @@ import argparse
 import json
 import sys
 
-from . import __version__, constants as C
-from .container import CmzFile
+from . import __version__
+from .format import constants as C
+from .format.container import CmzFile
 from .errors import CmzError
 
 EXIT_OK, EXIT_BAD_FILE, EXIT_USAGE = 0, 1, 2
@@ -177,20 +178,24 @@ def _load_config(path: str) -> tuple[dict, list]:
 
 
 class _Progress:
-    """A one-line progress bar on stderr, only when stderr is a terminal."""
+    """``save_file``'s ``progress(i, n, name)`` callback as a tqdm bar on
+    stderr, shown only when stderr is a terminal and cleared when done."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled and sys.stderr.isatty()
+        self.bar = None
 
     def __call__(self, i: int, n: int, name: str) -> None:
         if not self.enabled or n == 0:
             return
-        width = 30
-        done = width * i // n
-        sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {i}/{n} {name[:40]:<40}")
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=n, unit="tensor", leave=False, file=sys.stderr)
+        self.bar.set_postfix_str(name[:40], refresh=False)
+        self.bar.update(i - self.bar.n)
         if i == n:
-            sys.stderr.write("\r" + " " * (width + 50) + "\r")
-        sys.stderr.flush()
+            self.bar.close()
 
 
 # Inputs at least this large get a progress bar (on a terminal).
@@ -204,7 +209,7 @@ def _load_model(spec: str, weights: str | None):
     import importlib
     import os
 
-    from .inputs import _need, load_tensors
+    from .encode.checkpoints import _need, load_tensors
 
     torch = _need("torch", "--model")
     mod_name, sep, attr = spec.partition(":")
@@ -251,7 +256,7 @@ def _cmd_compress(a) -> int:
     import os
 
     from . import save_file
-    from .inputs import load_tensors
+    from .encode.checkpoints import load_tensors
 
     if (a.model is None) == (a.input is None) or (a.model is not None) != (a.input_shape is not None) or (a.weights and not a.model):
         print("cmz compress: error: expected either INPUT (a state dict file) or --model with --input-shape [and --weights]", file=sys.stderr)
@@ -280,7 +285,7 @@ def _cmd_compress(a) -> int:
 
 def _cmd_decompress(a) -> int:
     from . import load_file
-    from .inputs import save_tensors
+    from .encode.checkpoints import save_tensors
 
     tensors = load_file(a.file)
     save_tensors(tensors, a.output)
@@ -334,8 +339,8 @@ RUN_MAX_ROWS = 8
 
 
 def _cmd_bench_decode(a) -> int:
-    from .bench_decode import bench_huffman_decode, format_rows
-    from .sparse import unpack_bits, unpack_entries
+    from .bench.decode import bench_huffman_decode, format_rows
+    from .codecs.entries import unpack_bits, unpack_entries
 
     streams = []
     with CmzFile(a.file) as f:
@@ -360,7 +365,7 @@ def _cmd_bench_decode(a) -> int:
 
 
 def _cmd_bench_encode(a) -> int:
-    from .bench_encode import bench_encode, format_result
+    from .bench.encode import bench_encode, format_result
 
     print(format_result(bench_encode(a.rows, a.cols, a.sparsity, a.bits, a.coding, a.repeats)))
     return EXIT_OK
@@ -375,11 +380,11 @@ def _cmd_bench_model(a) -> int:
     # Set before either runtime starts (both start lazily).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if a.backend == "cuda":
-        from .bench_cuda import bench_model_cuda, format_result as format_cuda
+        from .bench.cuda import bench_model_cuda, format_result as format_cuda
 
         print(format_cuda(bench_model_cuda(a.file, batch=a.batch, repeats=a.repeats, whole=a.whole)))
         return EXIT_OK
-    from .bench_model import bench_model, format_result
+    from .bench.model import bench_model, format_result
 
     print(format_result(bench_model(a.file, batch=a.batch, repeats=a.repeats, threads=a.threads, whole=a.whole)))
     return EXIT_OK
@@ -389,7 +394,7 @@ def _cmd_demo(a) -> int:
     import os
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as for cmz bench model: the demo times torch against the runtime
-    from .demo import run_demo
+    from .train.demo import run_demo
 
     return run_demo(a.out, epochs=a.epochs, subset=a.subset, synthetic=a.synthetic, threads=a.threads)
 

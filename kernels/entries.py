@@ -1,6 +1,6 @@
 """Relative-index entry kernels: encode with fillers, check, bit-pack.
 
-The semantics are those of ``cmodel.sparse`` (spec: "sparse" encoding and
+The semantics are those of ``cmodel.codecs.entries`` (spec: "sparse" encoding and
 "packed" coding); this module only holds the hot loops.  Callers validate
 arguments first: nothing here checks bounds beyond what the loops need to
 stay inside their arrays, and checks report status codes instead of raising.

@@ -1,6 +1,6 @@
 """Numba kernels for the chunked canonical Huffman streams (spec: huffman coding).
 
-Callers (``cmodel.huffman``) validate the code lengths and the chunk offsets
+Callers (``cmodel.codecs.huffman``) validate the code lengths and the chunk offsets
 first; these kernels then touch memory only inside ``stream`` and ``out`` on
 any input that passed those checks, and report bad data per chunk through a
 status array instead of raising.
@@ -9,7 +9,7 @@ Bit order is DEFLATE's: bytes are read LSB first, so ``load64(p) >> (bit & 7)``
 holds the next stream bits from bit 0 up, and the decode tables are indexed by
 the next ``PEEK_BITS`` stream bits (bit-reversed canonical codes).
 
-Decode tables, built by ``cmodel.huffman``:
+Decode tables, built by ``cmodel.codecs.huffman``:
 
 * ``multi`` (uint32[4096]): up to three whole codes that fit in the 12 peeked
   bits.  Bits 0..23 hold the symbols (first in the low byte), bits 24..27 the

@@ -16,7 +16,9 @@ The graph format is spec §10.  torch is imported only by ``capture``.
 from __future__ import annotations
 
 from .graph import OPS, Graph, GraphInfo, Node, ValueInfo, graph_from_header, graph_to_header, validate
-from .session import BACKENDS, DEFAULT_BACKEND, NodeInfo, NumpyBackend, Session, make_backend
+from .backends import BACKENDS, DEFAULT_BACKEND, make_backend
+from .backends.base import NodeInfo, NumpyBackend
+from .session import Session
 
 __all__ = [
     "BACKENDS",

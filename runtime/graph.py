@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .. import constants as C
+from ..format import constants as C
 from ..errors import CmzError
 
 # --- the op table (spec §10.4) ------------------------------------------------
@@ -575,7 +575,7 @@ def validate(graph: Graph, tensors: Mapping[str, object]) -> GraphInfo:
     Args:
         graph: from :func:`graph_from_header` (structure already checked).
         tensors: tensor name → anything with ``shape`` and ``dtype``
-            (a :class:`cmodel.header.TensorRecord`, a numpy array) or a
+            (a :class:`cmodel.format.header.TensorRecord`, a numpy array) or a
             ``(shape, dtype)`` pair.
 
     Returns:

@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/numba start 
 
 
 def main(argv=None) -> int:
-    from cmodel import demo
+    from cmodel.train import demo
 
     configs = {"lenet300": demo.LENET300_FULL, "lenet5": demo.LENET5_FULL}
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

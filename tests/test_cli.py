@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import cmodel
-from cmodel import constants as C
+from cmodel.format import constants as C
 from cmodel.cli import main
-from cmodel.container import ContainerWriter
+from cmodel.format.container import ContainerWriter
 
 CMZ = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "cmz"
 
@@ -205,7 +205,7 @@ def test_demo(capsys, tmp_path):
 
 
 def test_demo_without_dataset_one_line(capsys, tmp_path, monkeypatch):
-    from cmodel import datasets
+    from cmodel.train import datasets
 
     monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", str(tmp_path / "absent"))
     rc, out, err = run(capsys, "demo", "--out", str(tmp_path / "o"))

@@ -86,7 +86,7 @@ def test_decompress(npz, tmp_path, capsys, suffix):
     assert main(["compress", str(src), "-o", str(out), "--sparsity", "0.5"]) == 0
     dense = tmp_path / f"d{suffix}"
     assert main(["decompress", str(out), "-o", str(dense)]) == 0
-    from cmodel.inputs import load_tensors
+    from cmodel.encode.checkpoints import load_tensors
 
     back = {k: np.asarray(v) for k, v in load_tensors(dense).items()}
     expected = cmodel.load_file(out)

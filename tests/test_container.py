@@ -23,12 +23,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import cmodel
 from flips import undetected_byte_flips
-from cmodel import constants as C
-from cmodel import container
+from cmodel.format import constants as C
+from cmodel.format import container
 from cmodel.cli import main as cmz_main
-from cmodel.container import ContainerWriter, WriterStateError
+from cmodel.format.container import ContainerWriter, WriterStateError
 from cmodel.errors import CmzError
-from cmodel.header import Segment
+from cmodel.format.header import Segment
 
 # save_file compresses float tensors with ≥ 2 dims and ≥ 1024 elements by
 # default (lossy); the tests here are about the container and exact raw
@@ -589,7 +589,7 @@ def test_sigkill_while_writing_leaves_the_old_file(tmp_path):
 
 
 class _FailingOs:
-    """Stands in for the ``os`` module inside cmodel.container: ``os.write``
+    """Stands in for the ``os`` module inside cmodel.format.container: ``os.write``
     (or another function) raises OSError on its ``fail_at``-th call."""
 
     def __init__(self, fail_at: int, func: str = "write"):

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cmodel.encodings import Compressed
+from cmodel.format.encodings import Compressed
 from cmodel.kernels import conv
-from cmodel.sparse import pack_bits, pack_entries, pointer_dtype, validate_entries
+from cmodel.codecs.entries import pack_bits, pack_entries, pointer_dtype, validate_entries
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

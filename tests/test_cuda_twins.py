@@ -3,12 +3,12 @@ simulator parity test (issue 5).
 
 The CPU kernels are enumerated from the code, not from a list kept here:
 
-* ``cmodel.kernels.linear.__all__`` minus ``SIMD`` (a setting);
+* ``cmodel.kernels.sparse_linear.__all__`` and ``.codebook_linear.__all__``;
 * the public ``*conv2d`` functions of ``cmodel.kernels.conv``;
 * ``cmodel.kernels.huffman.decode_chunks``;
 * every ``ops_numpy`` function the cpu backend runs: the ``ops.<name>``
   references of ``NumpyBackend``'s ``prepare_<op>`` members that
-  ``CpuBackend`` does not override, and those of ``runtime/cpu.py``, minus
+  ``CpuBackend`` does not override, and those of ``runtime/backends/cpu.py``, minus
   ``HOST_HELPERS``.
 
 A twin is ``cmodel.kernels.cuda.<mod>.<name>`` (``ops_numpy`` functions:
@@ -68,8 +68,8 @@ def _members(cls: ast.ClassDef) -> dict[str, ast.AST]:
 
 
 def cpu_backend_ops() -> set[str]:
-    session = ast.parse((ROOT / "runtime" / "session.py").read_text())
-    cpu = ast.parse((ROOT / "runtime" / "cpu.py").read_text())
+    session = ast.parse((ROOT / "runtime" / "backends" / "base.py").read_text())
+    cpu = ast.parse((ROOT / "runtime" / "backends" / "cpu.py").read_text())
     numpy_members = _members(_class(session, "NumpyBackend"))
     overridden = set(_members(_class(cpu, "CpuBackend")))
     inherited = [v for k, v in numpy_members.items() if k.startswith("prepare_") and k not in overridden]
@@ -78,9 +78,9 @@ def cpu_backend_ops() -> set[str]:
 
 def cpu_kernels() -> list[tuple[str, str]]:
     """(cuda module, name) of every CPU runtime kernel."""
-    from cmodel.kernels import conv, huffman, linear
+    from cmodel.kernels import codebook_linear, conv, huffman, sparse_linear
 
-    out = [("linear", n) for n in linear.__all__ if n != "SIMD"]
+    out = [("sparse_linear", n) for n in sparse_linear.__all__] + [("codebook_linear", n) for n in codebook_linear.__all__]
     out += [("conv", n) for n, f in vars(conv).items() if n.endswith("conv2d") and not n.startswith("_") and inspect.isfunction(f)]
     assert callable(huffman.decode_chunks)
     out.append(("huffman", "decode_chunks"))
@@ -215,7 +215,7 @@ def test_cuda_backend_prepares_every_op():
     inherited numpy one would be handed device arrays); importing the
     backend needs no GPU."""
     from cmodel.runtime import OPS
-    from cmodel.runtime.cuda import CudaBackend
+    from cmodel.runtime.backends.cuda import CudaBackend
 
     missing = sorted(op for op in OPS if "prepare_" + op not in CudaBackend.__dict__)
     assert not missing, f"ops without a cuda kernel: {missing}"

@@ -24,8 +24,9 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import cmodel
-from cmodel import constants as C
-from cmodel import encoder, inputs, quantize
+from cmodel.format import constants as C
+from cmodel.codecs import quantize
+from cmodel.encode import checkpoints as inputs, encoder, rules
 from cmodel.errors import CmzError
 
 SKIP_ALL = {"*": {"skip": True}}
@@ -611,8 +612,8 @@ def test_a_rule_naming_a_protected_tensor_applies(tmp_path):
 
 def test_protected_tensors():
     shapes = {"a": (8, 3, 3, 3), "dw": (8, 1, 3, 3), "b": (8, 8, 1, 1), "one": (1, 1, 3, 3), "fc": (4, 8), "bias": (4,), "head": (2, 4)}
-    assert encoder.protected_tensors(shapes) == {"a": "first conv", "head": "last linear", "dw": "depthwise conv"}
-    assert encoder.protected_tensors({}) == {}
+    assert rules.protected_tensors(shapes) == {"a": "first conv", "head": "last linear", "dw": "depthwise conv"}
+    assert rules.protected_tensors({}) == {}
 
 
 def test_rules_apply_in_order_later_overriding(tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import cmodel
-from cmodel import constants as C
+from cmodel.format import constants as C
 from cmodel.runtime import Session
 from cmodel.runtime.graph import ABSENT, OPS, REQUIRED, Graph, Node, ValueInfo, graph_from_header, graph_to_header, validate
 from test_spec import SPEC, table

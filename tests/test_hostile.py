@@ -17,7 +17,7 @@ import msgpack
 import pytest
 
 import cmodel
-from cmodel import constants as C
+from cmodel.format import constants as C
 from cmodel.cli import main as cmz_main
 from cmodel.errors import CmzError
 

@@ -27,7 +27,9 @@ import pytest
 import cmodel
 from flips import undetected_byte_flips
 from test_hostile import cli_rejects
-from cmodel import constants as C, huffman, sparse
+from cmodel.codecs import entries as sparse
+from cmodel.codecs import huffman
+from cmodel.format import constants as C
 from cmodel.errors import CmzError
 
 # --- parsing and rebuilding files ---------------------------------------------------

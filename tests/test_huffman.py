@@ -1,4 +1,4 @@
-"""cmodel.huffman: canonical length-limited Huffman streams in chunks.
+"""cmodel.codecs.huffman: canonical length-limited Huffman streams in chunks.
 
 A bit-by-bit reference decoder written from the rules in the module docstring
 (RFC 1951 code assignment and bit order) is the oracle for the Numba kernels.
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from cmodel.errors import CmzError
-from cmodel import huffman as H
+from cmodel.codecs import huffman as H
 
 FAST = settings(max_examples=60, deadline=None)
 

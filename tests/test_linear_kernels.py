@@ -16,13 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cmodel
-from cmodel.kernels import linear
+from cmodel.kernels import codebook_linear, simd, sparse_linear
 
 RTOL = 1e-5
 ORDERS = ("row", "col")
 # Every dense codebook path: the SIMD levels this CPU lacks are skipped.
 SIMD_MODES = [
-    pytest.param(level, marks=pytest.mark.skipif(not linear.SIMD_OK[level], reason=f"this CPU lacks {level}"))
+    pytest.param(level, marks=pytest.mark.skipif(not simd.SIMD_OK[level], reason=f"this CPU lacks {level}"))
     for level in ("portable", "avx2", "avx512")
 ]
 
@@ -53,9 +53,9 @@ def reference(c, x, bias):
 def run(c, x, bias, **kw):
     out = np.full(x.shape[:-1] + (c.rows,), np.nan, np.float32)
     if c.encoding == "sparse":
-        res = linear.sparse_matmul(c.entries, c.n_entries, c.width, c.index_bits, c.pointers, c.codebook, c.scales, bias, x, out, c.order)
+        res = sparse_linear.sparse_matmul(c.entries, c.n_entries, c.width, c.index_bits, c.pointers, c.codebook, c.scales, bias, x, out, c.order)
     else:
-        res = linear.codebook_matmul(c.entries, c.bits, c.codebook, c.scales, bias, x, out, **kw)
+        res = codebook_linear.codebook_matmul(c.entries, c.bits, c.codebook, c.scales, bias, x, out, **kw)
     assert res is out
     return out
 
@@ -282,7 +282,7 @@ def test_codebook_large_tiles(tmp_path, bits, simd):
     # Several GEMM tiles of GEMM_COLS columns and a ragged last tile, rows not
     # a multiple of the SIMD row groups, enough work for several threads.
     rng = np.random.default_rng(bits + 20)
-    rows, cols = 203, 2 * linear.GEMM_COLS + 70
+    rows, cols = 203, 2 * codebook_linear.GEMM_COLS + 70
     w = rng.standard_normal((rows, cols), dtype=np.float32)
     c = encode(tmp_path, w, bits=bits)
     for batch in (1, 4):
@@ -304,11 +304,11 @@ def test_codebook_simd_and_portable_agree(tmp_path, bits, simd):
 
 
 def test_codebook_simd_choice_is_published():
-    assert linear.SIMD in ("avx512", "avx2", "portable")
-    assert linear.SIMD_OK[linear.SIMD]
+    assert simd.SIMD in ("avx512", "avx2", "portable")
+    assert simd.SIMD_OK[simd.SIMD]
     # auto picks the best level the CPU has
-    best = next(level for level in ("avx512", "avx2", "portable") if linear.SIMD_OK[level])
-    assert linear.SIMD == best or os.environ.get(linear.SIMD_ENV, "auto") != "auto"
+    best = next(level for level in ("avx512", "avx2", "portable") if simd.SIMD_OK[level])
+    assert simd.SIMD == best or os.environ.get(simd.SIMD_ENV, "auto") != "auto"
 
 
 def test_codebook_simd_level_checked(tmp_path):
@@ -318,7 +318,7 @@ def test_codebook_simd_level_checked(tmp_path):
     x = inputs(rng, 1, 64)
     with pytest.raises(ValueError, match="simd: expected None or one of avx512, avx2, portable; found 'sse'"):
         run(c, x, None, simd="sse")
-    for level, ok in linear.SIMD_OK.items():
+    for level, ok in simd.SIMD_OK.items():
         if not ok:
             with pytest.raises(ValueError, match=f"simd={level!r}: the target CPU lacks"):
                 run(c, x, None, simd=level)
@@ -327,7 +327,7 @@ def test_codebook_simd_level_checked(tmp_path):
 def test_nibble_lane_orders_are_permutations():
     # x is permuted per block to the lane order the lookups produce: each
     # order must be a permutation of the block's columns.
-    for order, n in ((linear._NIBBLE_ORDER, 32), (linear._NIBBLE_ORDER_AVX2, 32), (linear._BYTE_ORDER, 64)):
+    for order, n in ((codebook_linear._NIBBLE_ORDER, 32), (codebook_linear._NIBBLE_ORDER_AVX2, 32), (codebook_linear._BYTE_ORDER, 64)):
         assert sorted(order.tolist()) == list(range(n))
 
 
@@ -343,16 +343,16 @@ def test_bad_arguments_raise(tmp_path):
     out = np.empty((2, 8), np.float32)
     args = (s.entries, s.n_entries, s.width, s.index_bits, s.pointers, s.codebook, s.scales, None)
     with pytest.raises(ValueError, match="x: expected"):
-        linear.sparse_matmul(*args, x.astype(np.float64), out, "row")
+        sparse_linear.sparse_matmul(*args, x.astype(np.float64), out, "row")
     with pytest.raises(ValueError, match="out: expected batch 2"):
-        linear.sparse_matmul(*args, x, np.empty((3, 8), np.float32), "row")
+        sparse_linear.sparse_matmul(*args, x, np.empty((3, 8), np.float32), "row")
     with pytest.raises(ValueError, match="pointers: expected"):
-        linear.sparse_matmul(*args, x, out, "col")
+        sparse_linear.sparse_matmul(*args, x, out, "col")
     with pytest.raises(ValueError, match="order: expected"):
-        linear.sparse_matmul(*args, x, out, "diagonal")
+        sparse_linear.sparse_matmul(*args, x, out, "diagonal")
     with pytest.raises(ValueError, match="entries: expected"):
-        linear.sparse_matmul(s.entries[:1], *args[1:], x, out, "row")
+        sparse_linear.sparse_matmul(s.entries[:1], *args[1:], x, out, "row")
     with pytest.raises(ValueError, match="bias: expected float32"):
-        linear.codebook_matmul(d.entries, 4, d.codebook, None, np.zeros(7, np.float32), x, out)
+        codebook_linear.codebook_matmul(d.entries, 4, d.codebook, None, np.zeros(7, np.float32), x, out)
     with pytest.raises(ValueError, match="codebook: expected float32"):
-        linear.codebook_matmul(d.entries, 4, d.codebook[:8], None, None, x, out)
+        codebook_linear.codebook_matmul(d.entries, 4, d.codebook[:8], None, None, x, out)

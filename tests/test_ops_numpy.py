@@ -1,4 +1,4 @@
-"""runtime/ops_numpy.py against PyTorch, op by op (spec §10.4).
+"""runtime/backends/ops_numpy.py against PyTorch, op by op (spec §10.4).
 
 Property tests draw shapes and attributes (asymmetric padding, dilation,
 groups incl. depthwise and channel multipliers, ceil_mode, count_include_pad)
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from cmodel.runtime import ops_numpy as ops
+from cmodel.runtime.backends import ops_numpy as ops
 from graph_torch import assert_close
 
 SETTINGS = settings(max_examples=40, deadline=None)

@@ -1,4 +1,4 @@
-"""Tests for cmodel.quantize: pruning, row scales, 1-D k-means, codebooks."""
+"""Tests for cmodel.codecs.quantize: pruning, row scales, 1-D k-means, codebooks."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import cmodel.quantize as qz
+import cmodel.codecs.quantize as qz
 from cmodel.errors import CmzError
-from cmodel.quantize import build_codebook, kmeans_1d, prune_mask, quantize, row_scales
+from cmodel.codecs.quantize import build_codebook, kmeans_1d, prune_mask, quantize, row_scales
 
 SETTINGS = settings(max_examples=60, deadline=None)
 

@@ -20,7 +20,7 @@ import torch
 
 import cmodel
 import models
-from cmodel.encodings import Compressed
+from cmodel.format.encodings import Compressed
 from cmodel.runtime import BACKENDS, DEFAULT_BACKEND, OPS, NumpyBackend, Session, graph_from_header
 from graph_torch import assert_close, run_torch
 from test_graph import base_graph, base_tensors, write

@@ -1,4 +1,4 @@
-"""cmodel.sparse: relative-index entries with fillers, validation, packed coding."""
+"""cmodel.codecs.entries: relative-index entries with fillers, validation, packed coding."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from cmodel.errors import CmzError
-from cmodel.sparse import (
+from cmodel.codecs.entries import (
     count_fillers,
     pack_bits,
     pack_entries,

@@ -8,7 +8,7 @@ import re
 import struct
 from pathlib import Path
 
-from cmodel import constants as C
+from cmodel.format import constants as C
 
 SPEC = (Path(__file__).resolve().parents[1] / "spec" / "cmz.md").read_text(encoding="utf-8")
 

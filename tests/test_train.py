@@ -1,5 +1,5 @@
 """cmodel.train (masked retraining, sensitivity, trained quantisation),
-the prequantised encoder input, cmodel.datasets (IDX, Fashion-MNIST), and a
+the prequantised encoder input, cmodel.train.datasets (IDX, Fashion-MNIST), and a
 tiny end-to-end run of the demo pipeline through the runtime."""
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import cmodel  # noqa: E402
-from cmodel import datasets, encoder, train as T  # noqa: E402
-from cmodel.encoder import Prequantised  # noqa: E402
+from cmodel import train as T  # noqa: E402
+from cmodel.encode import encoder  # noqa: E402
+from cmodel.encode.rules import Prequantised  # noqa: E402
+from cmodel.train import datasets  # noqa: E402
 from cmodel.errors import CmzError  # noqa: E402
 
 
@@ -139,7 +141,7 @@ def test_sensitivity_prunes_identically_to_the_encoder(tmp_path):
             cmodel.save_file({layer: original[layer]}, path, rules={layer: {"compress": True, "sparsity": s, "bits": 8}})
             with cmodel.open(path) as f:
                 c = f.read_compressed(layer)
-                from cmodel import sparse as sp
+                from cmodel.codecs import entries as sp
 
                 d, codes = sp.unpack_entries(c.entries, c.n_entries, c.index_bits, c.bits)
                 enc_codes = sp.relative_index_decode(c.pointers, d, codes, (c.rows, c.cols), c.index_bits, c.order)
@@ -314,7 +316,7 @@ def test_dataset_missing_names_the_package(tmp_path, capsys):
 
 
 def test_tiny_end_to_end_through_the_runtime(tmp_path):
-    from cmodel import demo
+    from cmodel.train import demo
 
     cfg = demo.Config(**demo.LENET300_DEMO.to_dict())
     cfg.synthetic, cfg.subset, cfg.epochs, cfg.retrain_epochs, cfg.quant_epochs, cfg.prune_steps = True, 800, 1, 1, 1, 2

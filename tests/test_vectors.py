@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import cmodel
-from cmodel import encoder
+from cmodel.encode import encoder
 
 DIR = Path(__file__).resolve().parents[1] / "spec" / "vectors"
 VECTORS = json.loads((DIR / "vectors.json").read_text())["vectors"]
@@ -46,7 +46,7 @@ def test_worked_example_bytes():
         assert c.pointers.tolist() == [0, 4]
         # w = 6 bits here (r=4, b=2); the spec's bytes are for w = 8, i.e. the
         # fields delta | code << 4 one per byte:
-        from cmodel.sparse import pack_bits, unpack_entries
+        from cmodel.codecs.entries import pack_bits, unpack_entries
 
         d, codes = unpack_entries(c.entries, 4, 4, 2)
         assert d.tolist() == [2, 0, 15, 2] and codes.tolist() == [1, 2, 0, 3]

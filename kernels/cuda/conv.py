@@ -6,7 +6,7 @@ Same names, argument order and semantics as the CPU kernels (PyTorch's
 the row scale applied once per output channel after its sum; see the CPU
 module doc), plus a ``stream`` keyword.  Arrays may be numba device arrays,
 any ``__cuda_array_interface__`` object, or host numpy arrays (copied to the
-device; a host ``out`` is copied back), see :mod:`._convutil`.
+device; a host ``out`` is copied back), see :mod:`._host`.
 
 Kernels and their thread mapping (``T`` = threads per block, ``CONV_THREADS``
 at most ``MAX_THREADS``):
@@ -51,7 +51,7 @@ import numpy as np
 from numba import cuda, types
 
 from ..conv import _padding, _pair, conv2d_output_shape
-from ._convutil import MAX_THREADS, Output, as_device, check, describe, launch, vector
+from ._host import MAX_THREADS, Output, as_device, check, describe, launch, vector
 
 # Threads per block of every conv launch (<= MAX_THREADS); a tile of this
 # many output pixels, and reduction chunks of this many positions.

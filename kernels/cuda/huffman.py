@@ -3,10 +3,10 @@ decode on the device (spec §6.4 ``huffman`` coding, issue 5).
 
 :func:`decode_chunks` takes the same arrays as the CPU kernel (the stream,
 the validated chunk offsets, the ``multi`` and ``single`` tables that
-``cmodel.huffman`` builds, ``chunk_symbols``, ``out`` and ``status``) and
+``cmodel.codecs.huffman`` builds, ``chunk_symbols``, ``out`` and ``status``) and
 reports the same status code per chunk (``OK``, ``OVERRUN``,
 ``TRAILING_BYTES``, ``PADDING`` of the CPU module).
-:func:`cmodel.huffman.decode_device` mirrors :func:`cmodel.huffman.decode`
+:func:`cmodel.codecs.huffman.decode_device` mirrors :func:`cmodel.codecs.huffman.decode`
 on top of it: the same checks (the same code), the same ``CmzError``
 messages, and a device array as the result.
 
@@ -26,8 +26,8 @@ threads.
 
 Like the CPU kernels this module trusts validated input: it reads only
 ``stream[offsets[i] .. offsets[i + 1] - 1]`` and writes only inside ``out``
-for offsets that passed ``cmodel.huffman``'s checks; the checked decode
-on the device is :func:`cmodel.huffman.decode_device`, which runs those
+for offsets that passed ``cmodel.codecs.huffman``'s checks; the checked decode
+on the device is :func:`cmodel.codecs.huffman.decode_device`, which runs those
 checks and then this module's :func:`decode_chunks` (kernels never import
 ``cmodel``, DESIGN §1).
 """
@@ -38,7 +38,7 @@ import numpy as np
 from numba import cuda, types
 
 from .. import huffman as _cpu
-from ._convutil import as_device, blocks, check, describe, is_device, launch
+from ._host import as_device, blocks, check, describe, is_device, launch
 
 __all__ = ["decode_chunks"]
 
@@ -164,7 +164,7 @@ def decode_chunks(stream, offsets, multi, single, chunk_symbols, out, status, *,
 
     Raises:
         ValueError: arrays of the wrong dtype or shape.  Their values are
-            trusted: offsets must have passed ``cmodel.huffman``'s checks.
+            trusted: offsets must have passed ``cmodel.codecs.huffman``'s checks.
     """
     s = cuda_stream
     buf = as_device(stream, "stream", s)

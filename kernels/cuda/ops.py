@@ -1,11 +1,11 @@
-"""CUDA twins of the graph's other ops (:mod:`cmodel.runtime.ops_numpy`,
+"""CUDA twins of the graph's other ops (:mod:`cmodel.runtime.backends.ops_numpy`,
 spec §10.4): activations, pools, batch norm, broadcasting add/mul, cat,
 softmax, and a dense ``linear`` for raw weights (issue 5).
 
 Same names, argument order and semantics as the numpy reference, plus a
 ``stream`` keyword; each function takes a numba device array, any
 ``__cuda_array_interface__`` object or a host numpy array (copied to the
-device, see :mod:`._convutil`), and returns a new float32 device array (or
+device, see :mod:`._host`), and returns a new float32 device array (or
 a view, for the shape ops ``flatten``, ``reshape`` and ``identity``, listed
 in ``VIEWS``).  Inputs are never written to.
 
@@ -49,7 +49,7 @@ import math
 import numpy as np
 from numba import cuda, types
 
-from ._convutil import MAX_THREADS, as_device, blocks, check, describe, launch
+from ._host import MAX_THREADS, as_device, blocks, check, describe, launch
 
 # Threads per block of every launch here (<= MAX_THREADS, a power of two for
 # the tree sum of the linear kernel).
@@ -531,7 +531,7 @@ def scale_shift(x, scale, shift, *, stream=0):
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, eps: float = 1e-5, *, stream=0):
     """Eval-mode batch norm over axis 1: per-channel ``scale, shift`` on the
     host in float64, rounded once to float32 (the formula of
-    ``cmodel.runtime.ops_numpy.batch_norm_coefficients``, which kernels may
+    ``cmodel.runtime.backends.ops_numpy.batch_norm_coefficients``, which kernels may
     not import; the simulator test checks they agree), then
     :func:`scale_shift`.  The statistics are host arrays."""
     alpha = 1.0 / np.sqrt(np.asarray(running_var, np.float64) + eps)

@@ -10,7 +10,7 @@ import numpy as np
 import numba
 from numba import types
 
-from cmodel.kernels.cuda import _convutil
+from cmodel.kernels.cuda import _host
 
 
 def arg_type(a):
@@ -31,9 +31,9 @@ def arg_type(a):
 @contextlib.contextmanager
 def recorded_launches(monkeypatch, *modules):
     """Yield a list that fills with ``(python function, argument types)`` of
-    every launch through ``_convutil.launch`` by ``modules``."""
+    every launch through ``_host.launch`` by ``modules``."""
     seen = []
-    real = _convutil.launch
+    real = _host.launch
 
     def launch(kernel, grid, block, stream, *args):
         seen.append((kernel.py_func, tuple(arg_type(a) for a in args)))

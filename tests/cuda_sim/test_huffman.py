@@ -1,5 +1,5 @@
 """cmodel.kernels.cuda.huffman under the CUDA simulator: the device chunk
-decode agrees with the CPU decoder (cmodel.huffman.decode, tested against a
+decode agrees with the CPU decoder (cmodel.codecs.huffman.decode, tested against a
 bit-by-bit reference in tests/test_huffman.py) on valid streams, symbol for
 symbol, and on hostile ones error for error (the same CmzError message);
 the status codes of ``decode_chunks`` agree with the CPU kernel's.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numba import cuda
 
-from cmodel import huffman as H
+from cmodel.codecs import huffman as H
 from cmodel.errors import CmzError
 from cmodel.kernels import huffman as cpu
 from cmodel.kernels.cuda import huffman as gpu

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from numba import cuda
 
-from cmodel.kernels import linear as cpu
-from cmodel.kernels.cuda import _warp
-from cmodel.kernels.cuda import linear as gpu
+from cmodel.kernels import codebook_linear, sparse_linear
+from cmodel.kernels.cuda import _linear, _warp
+from cmodel.kernels.cuda import codebook_linear as gpu_codebook
+from cmodel.kernels.cuda import sparse_linear as gpu_sparse
 from simutil import assert_covered, recorded_launches
 from test_linear_kernels import RTOL, WIDTHS, encode, inputs, reference
 
@@ -26,26 +27,26 @@ ORDERS = ("row", "col")
 @pytest.fixture(autouse=True)
 def launches(monkeypatch):
     """Every launch of every test is checked against ``PTX_KERNELS``."""
-    with recorded_launches(monkeypatch, gpu) as seen:
+    with recorded_launches(monkeypatch, _linear, gpu_sparse, gpu_codebook) as seen:
         yield seen
     if seen:
-        assert_covered(seen, gpu.PTX_KERNELS)
+        assert_covered(seen, gpu_sparse.PTX_KERNELS + gpu_codebook.PTX_KERNELS)
 
 
 @pytest.fixture
 def few_blocks(monkeypatch):
-    monkeypatch.setattr(gpu, "MAX_BLOCKS", 2)
+    monkeypatch.setattr(_linear, "MAX_BLOCKS", 2)
 
 
 def run_both(c, x, bias):
     """(device result, CPU result) for the same call."""
     outs = []
-    for k in (gpu, cpu):
+    for sparse, codebook in ((gpu_sparse, gpu_codebook), (sparse_linear, codebook_linear)):
         out = np.full(x.shape[:-1] + (c.rows,), np.nan, np.float32)
         if c.encoding == "sparse":
-            res = k.sparse_matmul(c.entries, c.n_entries, c.width, c.index_bits, c.pointers, c.codebook, c.scales, bias, x, out, c.order)
+            res = sparse.sparse_matmul(c.entries, c.n_entries, c.width, c.index_bits, c.pointers, c.codebook, c.scales, bias, x, out, c.order)
         else:
-            res = k.codebook_matmul(c.entries, c.bits, c.codebook, c.scales, bias, x, out)
+            res = codebook.codebook_matmul(c.entries, c.bits, c.codebook, c.scales, bias, x, out)
         assert res is out
         outs.append(out)
     return outs
@@ -127,7 +128,7 @@ def test_sparse_batch_beyond_one_tile(tmp_path, few_blocks):
     # More batch rows than BATCH_TILE: two groups, the second ragged.
     rng = np.random.default_rng(12)
     w = rng.standard_normal((9, 45), dtype=np.float32)
-    batch = gpu.BATCH_TILE + 2
+    batch = _linear.BATCH_TILE + 2
     for order in ORDERS:
         c = encode(tmp_path, w, sparsity=0.5, bits=4, index_bits=3, order=order)
         check(c, inputs(rng, batch, 45, 0.3), rng.standard_normal(9, dtype=np.float32))
@@ -173,10 +174,10 @@ def test_device_arrays_in_and_out(tmp_path, few_blocks):
     for order in ORDERS:
         c = encode(tmp_path, w, sparsity=0.5, bits=6, index_bits=2, order=order)
         want = np.empty((3, 10), np.float32)
-        cpu.sparse_matmul(c.entries, c.n_entries, c.width, c.index_bits, c.pointers, c.codebook, c.scales, bias, x, want, order)
+        sparse_linear.sparse_matmul(c.entries, c.n_entries, c.width, c.index_bits, c.pointers, c.codebook, c.scales, bias, x, want, order)
         dev = [cuda.to_device(np.ascontiguousarray(a)) for a in (c.entries, c.pointers.astype(np.uint32), c.codebook, c.scales, bias, x)]
         out = cuda.device_array((3, 10), np.float32)
-        res = gpu.sparse_matmul(dev[0], c.n_entries, c.width, c.index_bits, dev[1], dev[2], dev[3], dev[4], dev[5], out, order)
+        res = gpu_sparse.sparse_matmul(dev[0], c.n_entries, c.width, c.index_bits, dev[1], dev[2], dev[3], dev[4], dev[5], out, order)
         assert res is out
         np.testing.assert_allclose(out.copy_to_host(), want, rtol=1e-5, atol=1e-5)
 
@@ -203,7 +204,7 @@ def test_codebook_batch_beyond_one_tile_and_many_blocks(tmp_path):
     c = encode(tmp_path, w, bits=8)
     check(c, inputs(rng, 1, 53), rng.standard_normal(37, dtype=np.float32))
     c = encode(tmp_path, w[:6], bits=3)
-    check(c, inputs(rng, gpu.BATCH_TILE + 3, 53), rng.standard_normal(6, dtype=np.float32))
+    check(c, inputs(rng, _linear.BATCH_TILE + 3, 53), rng.standard_normal(6, dtype=np.float32))
 
 
 # ------------------------------------------------------------------- arguments
@@ -218,25 +219,25 @@ def test_bad_arguments_raise(tmp_path):
     out = np.empty((2, 8), np.float32)
     args = (s.entries, s.n_entries, s.width, s.index_bits, s.pointers, s.codebook, s.scales, None)
     with pytest.raises(ValueError, match="x: expected"):
-        gpu.sparse_matmul(*args, x.astype(np.float64), out, "row")
+        gpu_sparse.sparse_matmul(*args, x.astype(np.float64), out, "row")
     with pytest.raises(ValueError, match="out: expected batch 2"):
-        gpu.sparse_matmul(*args, x, np.empty((3, 8), np.float32), "row")
+        gpu_sparse.sparse_matmul(*args, x, np.empty((3, 8), np.float32), "row")
     with pytest.raises(ValueError, match="pointers: expected"):
-        gpu.sparse_matmul(*args, x, out, "col")
+        gpu_sparse.sparse_matmul(*args, x, out, "col")
     with pytest.raises(ValueError, match="order: expected"):
-        gpu.sparse_matmul(*args, x, out, "diagonal")
+        gpu_sparse.sparse_matmul(*args, x, out, "diagonal")
     with pytest.raises(ValueError, match="entries: expected"):
-        gpu.sparse_matmul(s.entries[:1], *args[1:], x, out, "row")
+        gpu_sparse.sparse_matmul(s.entries[:1], *args[1:], x, out, "row")
     with pytest.raises(ValueError, match="width, index_bits: expected"):
-        gpu.sparse_matmul(s.entries, s.n_entries, 14, 4, *args[4:], x, out, "row")
+        gpu_sparse.sparse_matmul(s.entries, s.n_entries, 14, 4, *args[4:], x, out, "row")
     with pytest.raises(ValueError, match="pointers: expected counts from 0 to n_entries"):
-        gpu.sparse_matmul(s.entries, s.n_entries - 1, *args[2:], x, out, "row")
+        gpu_sparse.sparse_matmul(s.entries, s.n_entries - 1, *args[2:], x, out, "row")
     with pytest.raises(ValueError, match="bias: expected"):
-        gpu.codebook_matmul(d.entries, 4, d.codebook, None, np.zeros(7, np.float32), x, out)
+        gpu_codebook.codebook_matmul(d.entries, 4, d.codebook, None, np.zeros(7, np.float32), x, out)
     with pytest.raises(ValueError, match="codebook: expected float32"):
-        gpu.codebook_matmul(d.entries, 4, d.codebook[:8], None, None, x, out)
+        gpu_codebook.codebook_matmul(d.entries, 4, d.codebook[:8], None, None, x, out)
     with pytest.raises(ValueError, match="bits: expected 1..8"):
-        gpu.codebook_matmul(d.entries, 9, d.codebook, None, None, x, out)
+        gpu_codebook.codebook_matmul(d.entries, 9, d.codebook, None, None, x, out)
 
 
 # ------------------------------------------------------------------- warp primitives

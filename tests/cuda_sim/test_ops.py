@@ -1,5 +1,5 @@
 """cmodel.kernels.cuda.ops under the CUDA simulator: every op against the
-numpy reference (cmodel.runtime.ops_numpy) on tiny shapes, every launch
+numpy reference (cmodel.runtime.backends.ops_numpy) on tiny shapes, every launch
 checked against ``PTX_KERNELS``."""
 
 import numpy as np
